@@ -2,7 +2,7 @@
 //
 // Owning, row-major [rows, cols] buffer in a memory space. Move-only: a copy is
 // spelled `.clone()` (host) or made by the backend (device). Host memory is
-// 64-byte aligned. Device allocation is supplied by the CUDA backend through
+// 256-byte aligned. Device allocation is supplied by the CUDA backend through
 // `SpaceAllocator<device_space>`, declared here and defined only in backend/cuda.
 #pragma once
 
@@ -24,12 +24,13 @@ struct SpaceAllocator;
 
 template <>
 struct SpaceAllocator<host_space> {
+  static constexpr std::size_t alignment = 256;  // as cudaMalloc: any workspace slice stays aligned
   static void* allocate(std::size_t bytes) {
     if (bytes == 0) {
       return nullptr;
     }
-    const std::size_t rounded = (bytes + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
+    const std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
+    void* p = std::aligned_alloc(alignment, rounded);
     if (p == nullptr) {
       throw std::bad_alloc();
     }
