@@ -4,9 +4,17 @@
 // the machine. A backend owns a workspace arena and supplies destination-first
 // primitives over views in its memory space:
 //   gemm, grouped_gemm, grouped_gemm_weight_grad       matrix products
+//   weights_updated                                     after an in-place weight change
 //   gather_rows, scatter_add_rows, gathered_row_dot     dispersion
+//   gather_values, scatter_values                       1-D index maps (int32 and router scalars)
 //   topk_rows, topk_cols, bucket_sort                   routing
+//   find_nonfinite, add_logistic_noise, sigmoid_backward, softmax_rows_backward,
+//   logsumexp_rows, normalize_rows(_backward), transpose, map_index, scatter_add_cols,
+//   copy_to_host, copy_from_host                        router math and host transfers
+//   pad_segments, dense_slots, iota_mod                 dispatch layouts
 //   fill, copy, axpy, scale_rows, sigmoid, softmax_rows, swiglu, swiglu_backward
+//   rms_norm, layer_norm, cross_entropy (each with a _backward)  norms and the loss
+//   rope, masked_softmax_rows (each with a _backward)  attention
 // The CPU backend (backend/cpu) is the reference; CUDA (backend/cuda) plugs in
 // without changing a layer.
 #pragma once
@@ -47,20 +55,54 @@ concept backend = requires(B& b,
   b.gemm(y, x, Trans::no, x, Trans::no, 1.0, 0.0);
   b.grouped_gemm(y, x, x, Trans::no, offsets, 1.0, 0.0);
   b.grouped_gemm_weight_grad(y, x, x, offsets, 1.0, 1.0);
+  b.weights_updated();  // weights changed in place: drop packed copies (a no-op without any)
   b.gather_rows(y, x, cidx);
   b.scatter_add_rows(y, x, cidx, cw);
   b.gathered_row_dot(w, x, x, cidx);
+  b.gather_values(idx, cidx, cidx, std::int32_t{-1});
+  b.gather_values(w, cw, cidx, router_t<typename B::scalar>{});
+  b.scatter_values(w, cw, cidx);
   b.topk_rows(idx, w, cg, std::int64_t{1});
   b.topk_cols(idx, cg, std::int64_t{1});
   b.bucket_sort(idx, host_offsets, cidx, std::int64_t{1});
+  b.pad_segments(idx, offsets, offsets);
+  b.dense_slots(idx, cidx, offsets, std::int64_t{1});
+  b.iota_mod(idx, std::int64_t{1});
+  // router math (backend/cpu/router_kernels.hpp)
+  { b.find_nonfinite(cg) } -> std::convertible_to<std::int64_t>;
+  b.add_logistic_noise(g, cidx, std::uint64_t{0}, std::int64_t{1}, std::int64_t{0});
+  b.sigmoid_backward(g, cg, cg);
+  b.softmax_rows_backward(g, cg, cg);
+  b.logsumexp_rows(w, cg);
+  b.normalize_rows(g, cg);
+  b.normalize_rows_backward(g, cg, cg, cg);
+  b.transpose(View<std::int32_t, typename B::space>{},
+              View<const std::int32_t, typename B::space>{});
+  b.map_index(idx, cidx, std::int64_t{1}, std::int64_t{0});
+  b.scatter_add_cols(g, cg, View<const std::int32_t, typename B::space>{});
+  b.copy_to_host(std::span<router_t<typename B::scalar>>{}, cw);
+  b.copy_from_host(w, std::span<const router_t<typename B::scalar>>{});
+  b.copy_to_host(std::span<std::int32_t>{}, cidx);
   b.fill(y, typename B::scalar{});
   b.copy(y, x);
+  b.copy(View<std::int32_t, typename B::space>{}, View<const std::int32_t, typename B::space>{});
   b.axpy(y, x, 1.0);
   b.scale_rows(y, cw);
   b.sigmoid(g, cg);
   b.softmax_rows(g, cg);
   b.swiglu(y, x, x);
   b.swiglu_backward(y, y, x, x, x);
+  b.rms_norm(y, w, x, x, 1e-5);  // per-row statistics in accum_t (= router_t) spans
+  b.rms_norm_backward(y, y, x, x, x, cw);
+  b.layer_norm(y, w, w, x, x, x, 1e-5);
+  b.layer_norm_backward(y, y, y, x, x, x, cw, cw);
+  b.cross_entropy(w, w, x, cidx);
+  b.cross_entropy_backward(y, x, cw, cidx, 1.0);
+  b.rope(y, x, cidx, std::int64_t{2}, 1e4);  // attention (backend/cpu/attention.hpp)
+  b.rope_backward(y, x, cidx, std::int64_t{2}, 1e4);
+  b.masked_softmax_rows(y, x, cidx, 1.0);
+  b.masked_softmax_rows_backward(y, x, x, cidx, 1.0);
+  b.copy_from_host(idx, std::span<const std::int32_t>{});
 };
 
 }  // namespace mmsparse

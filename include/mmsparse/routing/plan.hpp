@@ -22,7 +22,9 @@ template <class W>
 struct AuxLosses {
   W balance{};  // Switch load balance: coef * E * sum_i f_i P_i   (token choice only)
   W z{};        // router z-loss: coef * mean_t logsumexp(logits_t)^2   (token choice only)
-  [[nodiscard]] W total() const { return balance + z; }
+  [[nodiscard]] W total() const {
+    return balance + z;
+  }
 };
 
 template <class W, class Space = host_space>
@@ -38,7 +40,9 @@ struct RoutingPlan {
   std::int64_t dropped = 0;           // (token, choice) pairs dropped by a capacity
   AuxLosses<W> aux;
 
-  [[nodiscard]] std::int64_t slots() const { return offsets.empty() ? 0 : offsets.back(); }
+  [[nodiscard]] std::int64_t slots() const {
+    return offsets.empty() ? 0 : offsets.back();
+  }
   [[nodiscard]] std::int64_t tokens_of(std::int64_t e) const {
     return offsets[static_cast<std::size_t>(e + 1)] - offsets[static_cast<std::size_t>(e)];
   }
@@ -49,9 +53,15 @@ struct RoutingPlan {
     }
     return n;
   }
-  [[nodiscard]] std::span<const std::int64_t> segments() const { return offsets; }
-  [[nodiscard]] Span<const std::int32_t, Space> tokens() const { return token.span(); }
-  [[nodiscard]] Span<const W, Space> gates() const { return gate.span(); }
+  [[nodiscard]] std::span<const std::int64_t> segments() const {
+    return offsets;
+  }
+  [[nodiscard]] Span<const std::int32_t, Space> tokens() const {
+    return token.span();
+  }
+  [[nodiscard]] Span<const W, Space> gates() const {
+    return gate.span();
+  }
 };
 
 }  // namespace mmsparse

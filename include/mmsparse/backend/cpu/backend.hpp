@@ -18,16 +18,27 @@
 
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/backend/concepts.hpp>
+#include <mmsparse/backend/cpu/attention.hpp>
 #include <mmsparse/backend/cpu/eigen_gemm.hpp>
 #include <mmsparse/backend/cpu/elementwise.hpp>
 #include <mmsparse/backend/cpu/gather_scatter.hpp>
+#include <mmsparse/backend/cpu/loss.hpp>
+#include <mmsparse/backend/cpu/norm.hpp>
+#include <mmsparse/backend/cpu/router_kernels.hpp>
 #include <mmsparse/backend/cpu/sort.hpp>
 #include <mmsparse/backend/cpu/topk.hpp>
+#if defined(MMSPARSE_WITH_ONEDNN)
+#include <mmsparse/backend/cpu/onednn_gemm.hpp>
+#endif
 
 namespace mmsparse {
 
 namespace cpu {
+#if defined(MMSPARSE_WITH_ONEDNN)
+using DefaultGemm = OnednnGemm;
+#else
 using DefaultGemm = EigenGemm;
+#endif
 }  // namespace cpu
 
 struct CpuOptions {
@@ -78,6 +89,10 @@ class CpuBackend {
   template <class U>
   void grouped_gemm(View<U> c, View<const U> a, View<const U> w, Trans tw, SegmentOffsets offsets,
                     double alpha = 1.0, double beta = 0.0) {
+    if constexpr (requires { gemm_.grouped_gemm(c, a, w, tw, offsets, alpha, beta); }) {
+      gemm_.grouped_gemm(c, a, w, tw, offsets, alpha, beta);  // may multiply packed weights
+      return;
+    }
     const auto experts = static_cast<std::int64_t>(offsets.size()) - 1;
     const std::int64_t block = w.rows / experts;
     for (std::int64_t e = 0; e < experts; ++e) {
@@ -95,6 +110,10 @@ class CpuBackend {
   template <class U>
   void grouped_gemm_weight_grad(View<U> w, View<const U> a, View<const U> b,
                                 SegmentOffsets offsets, double alpha = 1.0, double beta = 1.0) {
+    if constexpr (requires { gemm_.grouped_gemm_weight_grad(w, a, b, offsets, alpha, beta); }) {
+      gemm_.grouped_gemm_weight_grad(w, a, b, offsets, alpha, beta);
+      return;
+    }
     const auto experts = static_cast<std::int64_t>(offsets.size()) - 1;
     const std::int64_t block = w.rows / experts;
     for (std::int64_t e = 0; e < experts; ++e) {
@@ -109,6 +128,21 @@ class CpuBackend {
       }
       gemm_.gemm(we, a.row_block(begin, count), Trans::yes, b.row_block(begin, count), Trans::no,
                  alpha, beta);
+    }
+  }
+
+  // The weights changed in place (optimizer step, load): the GEMM provider drops its packed
+  // copies of grouped_gemm weights. The optimizer calls it after every step.
+  void weights_updated() {
+    if constexpr (requires { gemm_.weights_updated(); }) {
+      gemm_.weights_updated();
+    }
+  }
+  // Optional warm-up: packs the `blocks` blocks of a grouped_gemm weight ahead of first use.
+  template <class U>
+  void pack_weights(View<const U> w, Trans tw = Trans::no, std::int64_t blocks = 1) {
+    if constexpr (requires { gemm_.pack_weights(w, tw, blocks); }) {
+      gemm_.pack_weights(w, tw, blocks);
     }
   }
 
@@ -128,6 +162,14 @@ class CpuBackend {
                         Span<const std::int32_t> index) {
     cpu::gathered_row_dot(out, a, b, index);
   }
+  template <class U>
+  void gather_values(Span<U> dst, Span<const U> src, Span<const std::int32_t> index, U fill) {
+    cpu::gather_values(dst, src, index, fill);
+  }
+  template <class U>
+  void scatter_values(Span<U> dst, Span<const U> src, Span<const std::int32_t> index) {
+    cpu::scatter_values(dst, src, index);
+  }
 
   // ---- routing ------------------------------------------------------------
 
@@ -142,6 +184,69 @@ class CpuBackend {
   void bucket_sort(Span<std::int32_t> order, std::vector<std::int64_t>& offsets,
                    Span<const std::int32_t> keys, std::int64_t buckets) {
     cpu::bucket_sort(order, offsets, keys, buckets);
+  }
+  void pad_segments(Span<std::int32_t> slot, SegmentOffsets dst_offsets,
+                    SegmentOffsets src_offsets) {
+    cpu::pad_segments(slot, dst_offsets, src_offsets);
+  }
+  void dense_slots(Span<std::int32_t> grid, Span<const std::int32_t> key, SegmentOffsets offsets,
+                   std::int64_t n) {
+    cpu::dense_slots(grid, key, offsets, n);
+  }
+  void iota_mod(Span<std::int32_t> index, std::int64_t n) {
+    cpu::iota_mod(index, n);
+  }
+
+  // ---- router math (router_kernels.hpp) -----------------------------------
+
+  template <class W>
+  [[nodiscard]] std::int64_t find_nonfinite(View<const W> x) {
+    return cpu::find_nonfinite(x);
+  }
+  template <class W>
+  void add_logistic_noise(View<W> y, Span<const std::int32_t> row_id, std::uint64_t seed,
+                          std::int64_t row_stride, std::int64_t col_offset) {
+    cpu::add_logistic_noise(y, row_id, seed, row_stride, col_offset);
+  }
+  template <class W>
+  void sigmoid_backward(View<W> dx, View<const W> dy, View<const W> y) {
+    cpu::sigmoid_backward(dx, dy, y);
+  }
+  template <class W>
+  void softmax_rows_backward(View<W> dx, View<const W> dy, View<const W> y) {
+    cpu::softmax_rows_backward(dx, dy, y);
+  }
+  template <class W>
+  void logsumexp_rows(Span<W> out, View<const W> x) {
+    cpu::logsumexp_rows(out, x);
+  }
+  template <class W>
+  void normalize_rows(View<W> y, View<const W> x) {
+    cpu::normalize_rows(y, x);
+  }
+  template <class W>
+  void normalize_rows_backward(View<W> dx, View<const W> dy, View<const W> y, View<const W> x) {
+    cpu::normalize_rows_backward(dx, dy, y, x);
+  }
+  template <class U>
+  void transpose(View<U> dst, View<const U> src) {
+    cpu::transpose(dst, src);
+  }
+  void map_index(Span<std::int32_t> out, Span<const std::int32_t> in, std::int64_t divisor,
+                 std::int64_t offset) {
+    cpu::map_index(out, in, divisor, offset);
+  }
+  template <class W>
+  void scatter_add_cols(View<W> dst, View<const W> src, View<const std::int32_t> col) {
+    cpu::scatter_add_cols(dst, src, col);
+  }
+  template <class U>
+  void copy_to_host(std::span<U> dst, Span<const U> src) {
+    cpu::copy_to_host(dst, src);
+  }
+  template <class U>
+  void copy_from_host(Span<U> dst, std::span<const U> src) {
+    cpu::copy_from_host(dst, src);
   }
 
   // ---- element-wise -------------------------------------------------------
@@ -178,6 +283,62 @@ class CpuBackend {
   void swiglu_backward(View<U> da, View<U> dg, View<const U> dh, View<const U> a,
                        View<const U> g) {
     cpu::swiglu_backward(da, dg, dh, a, g);
+  }
+
+  // ---- norms and loss (backward passes accumulate) --------------------------
+
+  template <class U>
+  void rms_norm(View<U> y, Span<accum_t<U>> rstd, View<const U> x, View<const U> w, double eps) {
+    cpu::rms_norm(y, rstd, x, w, eps);
+  }
+  template <class U>
+  void rms_norm_backward(View<U> dx, View<U> dw, View<const U> dy, View<const U> x,
+                         View<const U> w, Span<const accum_t<U>> rstd) {
+    cpu::rms_norm_backward(dx, dw, dy, x, w, rstd);
+  }
+  template <class U>
+  void layer_norm(View<U> y, Span<accum_t<U>> mean, Span<accum_t<U>> rstd, View<const U> x,
+                  View<const U> w, View<const U> bias, double eps) {
+    cpu::layer_norm(y, mean, rstd, x, w, bias, eps);
+  }
+  template <class U>
+  void layer_norm_backward(View<U> dx, View<U> dw, View<U> dbias, View<const U> dy,
+                           View<const U> x, View<const U> w, Span<const accum_t<U>> mean,
+                           Span<const accum_t<U>> rstd) {
+    cpu::layer_norm_backward(dx, dw, dbias, dy, x, w, mean, rstd);
+  }
+  template <class U>
+  void cross_entropy(Span<accum_t<U>> loss, Span<accum_t<U>> lse, View<const U> logits,
+                     Span<const std::int32_t> target) {
+    cpu::cross_entropy(loss, lse, logits, target);
+  }
+  template <class U>
+  void cross_entropy_backward(View<U> dlogits, View<const U> logits, Span<const accum_t<U>> lse,
+                              Span<const std::int32_t> target, double scale) {
+    cpu::cross_entropy_backward(dlogits, logits, lse, target, scale);
+  }
+
+  // ---- attention (backward passes overwrite; in place allowed) --------------
+
+  template <class U>
+  void rope(View<U> y, View<const U> x, Span<const std::int32_t> positions, std::int64_t head_dim,
+            double theta) {
+    cpu::rope_rotate(y, x, positions, head_dim, theta, /*inverse=*/false);
+  }
+  template <class U>
+  void rope_backward(View<U> dx, View<const U> dy, Span<const std::int32_t> positions,
+                     std::int64_t head_dim, double theta) {
+    cpu::rope_rotate(dx, dy, positions, head_dim, theta, /*inverse=*/true);
+  }
+  template <class U>
+  void masked_softmax_rows(View<U> y, View<const U> x, Span<const std::int32_t> limit,
+                           double scale) {
+    cpu::masked_softmax_rows(y, x, limit, scale);
+  }
+  template <class U>
+  void masked_softmax_rows_backward(View<U> dx, View<const U> y, View<const U> dy,
+                                    Span<const std::int32_t> limit, double scale) {
+    cpu::masked_softmax_rows_backward(dx, y, dy, limit, scale);
   }
 
  private:

@@ -4,6 +4,8 @@
 //   gather_rows       dst[r] = src[index[r]]            (index < 0: a zero row, padding)
 //   scatter_add_rows  dst[index[r]] += w[r] * src[r]     (index < 0: skipped)
 //   gathered_row_dot  out[r] = <a[r], b[index[r]]>       (the gate gradient)
+//   gather_values     dst[r] = src[index[r]]             (index < 0: `fill`), 1-D
+//   scatter_values    dst[index[r]] = src[r]             (index < 0: skipped), 1-D
 // Deterministic: scatter_add_rows splits the work by columns, never by rows, so
 // every destination row sums its sources in ascending r whatever the thread count.
 #pragma once
@@ -79,6 +81,27 @@ void gathered_row_dot(Span<W> out, View<const T> a, View<const T> b, Span<const 
       }
     }
     out[r] = static_cast<W>(s);
+  }
+}
+
+template <class U>
+void gather_values(Span<U> dst, Span<const U> src, Span<const std::int32_t> index, U fill) {
+#pragma omp parallel for schedule(static) if (dst.size > parallel_min_work)
+  for (std::int64_t r = 0; r < dst.size; ++r) {
+    const std::int32_t i = index[r];
+    dst[r] = i < 0 ? fill : src[i];
+  }
+}
+
+// Indices >= 0 must be distinct (a permutation with holes), so rows never race.
+template <class U>
+void scatter_values(Span<U> dst, Span<const U> src, Span<const std::int32_t> index) {
+#pragma omp parallel for schedule(static) if (src.size > parallel_min_work)
+  for (std::int64_t r = 0; r < src.size; ++r) {
+    const std::int32_t i = index[r];
+    if (i >= 0) {
+      dst[i] = src[r];
+    }
   }
 }
 

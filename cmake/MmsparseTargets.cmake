@@ -1,0 +1,61 @@
+# Helpers for the project's own test, bench and example targets. Warnings and
+# -march=native go on these targets only, never on the INTERFACE targets that
+# consumers link.
+
+# -Wall -Wextra -Wpedantic -Wshadow, as errors (COMPILE_WARNING_AS_ERROR maps to
+# -Werror for g++ and to "-Werror all-warnings" for nvcc; host code compiled by
+# nvcc gets the g++ warnings through -Xcompiler). Configure with
+# --compile-no-warning-as-error to turn the errors off locally.
+function(mmsparse_target_warnings target)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall;-Wextra;-Wpedantic;-Wshadow>
+    $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wshadow,-Werror>)
+  set_target_properties(${target} PROPERTIES COMPILE_WARNING_AS_ERROR ON)
+endfunction()
+
+# MMSPARSE_NATIVE: bench and examples get -O3 -march=native (Eigen vectorises
+# only for the ISA it is compiled for); tests get -march=native in Release so
+# they exercise the same code paths. Kind: BENCH, EXAMPLE or TEST.
+function(mmsparse_target_native target kind)
+  if(NOT MMSPARSE_NATIVE)
+    return()
+  endif()
+  if(kind STREQUAL "TEST")
+    target_compile_options(${target} PRIVATE
+      $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CXX>>:-march=native>
+      $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CUDA>>:-Xcompiler=-march=native>)
+  else()
+    target_compile_options(${target} PRIVATE
+      $<$<AND:$<NOT:$<CONFIG:Debug>>,$<COMPILE_LANGUAGE:CXX>>:-O3>
+      $<$<COMPILE_LANGUAGE:CXX>:-march=native>
+      $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-march=native>)
+  endif()
+endfunction()
+
+# Target name from a source path relative to `base`:
+# test/routing/expert_choice_test.cpp -> routing_expert_choice_test.
+function(mmsparse_name_from_path out file base)
+  file(RELATIVE_PATH rel "${base}" "${file}")
+  string(REGEX REPLACE "\\.(cpp|cu)$" "" rel "${rel}")
+  string(REPLACE "/" "_" rel "${rel}")
+  set(${out} "${rel}" PARENT_SCOPE)
+endfunction()
+
+# Every Catch2 tag found in string literals made only of tags, e.g. "[routing][cpu]".
+# Hidden/special tags ([.], [.foo], [!mayfail], [!throws]) are not labels.
+function(mmsparse_catch_tags out file)
+  file(READ "${file}" text)
+  string(REGEX MATCHALL "\"(\\[[A-Za-z0-9_.!#+-]+\\])+\"" literals "${text}")
+  set(tags "")
+  foreach(literal IN LISTS literals)
+    string(REGEX MATCHALL "\\[[A-Za-z0-9_.!#+-]+\\]" found "${literal}")
+    foreach(tag IN LISTS found)
+      string(REGEX REPLACE "^\\[(.*)\\]$" "\\1" tag "${tag}")
+      if(NOT tag MATCHES "^[.!]")
+        list(APPEND tags "${tag}")
+      endif()
+    endforeach()
+  endforeach()
+  list(REMOVE_DUPLICATES tags)
+  set(${out} "${tags}" PARENT_SCOPE)
+endfunction()

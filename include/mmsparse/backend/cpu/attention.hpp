@@ -1,0 +1,118 @@
+// mmsparse/backend/cpu/attention.hpp
+//
+// Attention kernels of the CPU backend (the GEMMs go through the backend's gemm):
+//   rope, rope_backward        rotary embedding of [n, heads * head_dim] rows at per-row positions
+//                              (Su et al. 2021; interleaved pairs as in LLaMA/Chameleon), and its inverse
+//   masked_softmax_rows(_backward)  softmax of scale * x over the first limit[r] columns of row r
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/view.hpp>
+
+namespace mmsparse::cpu {
+
+inline constexpr std::int64_t attention_parallel_min = 1 << 14;
+
+// y = R(pos) x (inverse: R(pos)^T x). Per head, the pair (2i, 2i + 1) turns by the angle
+// pos * theta^(-2i / head_dim); angles and their sines are taken in double, so large positions
+// keep full precision. y may be x.
+template <class T>
+void rope_rotate(View<T> y,
+                 View<const T> x,
+                 Span<const std::int32_t> pos,
+                 std::int64_t head_dim,
+                 double theta,
+                 bool inverse) {
+  using A = accum_t<T>;
+  const std::int64_t half = head_dim / 2;
+  const std::int64_t heads = x.cols / head_dim;
+  std::vector<double> inv_freq(static_cast<std::size_t>(half));
+  for (std::int64_t i = 0; i < half; ++i) {
+    inv_freq[static_cast<std::size_t>(i)] =
+        std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+  }
+  const double sign = inverse ? -1.0 : 1.0;
+#pragma omp parallel for schedule(static) if (x.rows * x.cols > attention_parallel_min)
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    const T* in = x.row(r);
+    T* out = y.row(r);
+    const double p = static_cast<double>(pos[r]);
+    for (std::int64_t i = 0; i < half; ++i) {
+      const double angle = p * inv_freq[static_cast<std::size_t>(i)];
+      const A c = static_cast<A>(std::cos(angle));
+      const A s = static_cast<A>(sign * std::sin(angle));
+      for (std::int64_t h = 0; h < heads; ++h) {
+        const std::int64_t j = h * head_dim + 2 * i;
+        const A a = scalar_cast<A>(in[j]);
+        const A b = scalar_cast<A>(in[j + 1]);
+        out[j] = scalar_cast<T>(c * a - s * b);
+        out[j + 1] = scalar_cast<T>(s * a + c * b);
+      }
+    }
+  }
+}
+
+// y[r, j] = softmax_j(scale * x[r, :L]) for j < L = min(limit[r], cols), 0 for j >= L (a row
+// with L <= 0 is all zeros). y may be x.
+template <class T>
+void masked_softmax_rows(View<T> y, View<const T> x, Span<const std::int32_t> limit, double scale) {
+  using A = accum_t<T>;
+  const A sc = static_cast<A>(scale);
+#pragma omp parallel for schedule(static) if (x.rows * x.cols > attention_parallel_min)
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    const T* in = x.row(r);
+    T* out = y.row(r);
+    const std::int64_t n = std::clamp<std::int64_t>(limit[r], 0, x.cols);
+    if (n > 0) {
+      A m = sc * scalar_cast<A>(in[0]);
+      for (std::int64_t j = 1; j < n; ++j) {
+        m = std::max(m, sc * scalar_cast<A>(in[j]));
+      }
+      A sum{};
+      for (std::int64_t j = 0; j < n; ++j) {
+        const A e = std::exp(sc * scalar_cast<A>(in[j]) - m);
+        out[j] = scalar_cast<T>(e);
+        sum += e;
+      }
+      const A inv = A{1} / sum;
+      for (std::int64_t j = 0; j < n; ++j) {
+        out[j] = scalar_cast<T>(scalar_cast<A>(out[j]) * inv);
+      }
+    }
+    std::fill(out + n, out + x.cols, T{});
+  }
+}
+
+// Backward of masked_softmax_rows: dx = scale * y . (dy - <y, dy>) on the first limit[r]
+// columns, 0 elsewhere. Overwrites dx; dx may be dy.
+template <class T>
+void masked_softmax_rows_backward(View<T> dx,
+                                  View<const T> y,
+                                  View<const T> dy,
+                                  Span<const std::int32_t> limit,
+                                  double scale) {
+  using A = accum_t<T>;
+  const A sc = static_cast<A>(scale);
+#pragma omp parallel for schedule(static) if (y.rows * y.cols > attention_parallel_min)
+  for (std::int64_t r = 0; r < y.rows; ++r) {
+    const T* py = y.row(r);
+    const T* pdy = dy.row(r);
+    T* out = dx.row(r);
+    const std::int64_t n = std::clamp<std::int64_t>(limit[r], 0, y.cols);
+    A dot{};
+    for (std::int64_t j = 0; j < n; ++j) {
+      dot += scalar_cast<A>(py[j]) * scalar_cast<A>(pdy[j]);
+    }
+    for (std::int64_t j = 0; j < n; ++j) {
+      out[j] = scalar_cast<T>(sc * scalar_cast<A>(py[j]) * (scalar_cast<A>(pdy[j]) - dot));
+    }
+    std::fill(out + n, out + y.cols, T{});
+  }
+}
+
+}  // namespace mmsparse::cpu
