@@ -2,15 +2,29 @@
 # -march=native go on these targets only, never on the INTERFACE targets that
 # consumers link.
 
-# -Wall -Wextra -Wpedantic -Wshadow, as errors (COMPILE_WARNING_AS_ERROR maps to
-# -Werror for g++ and to "-Werror all-warnings" for nvcc; host code compiled by
-# nvcc gets the g++ warnings through -Xcompiler). Configure with
+# Every own target: C++20 without GNU extensions (-std=c++20). Set per target, not
+# through CMAKE_CXX_STANDARD/EXTENSIONS, because CMake 3.25 carries those over to
+# CUDA targets and then adds its own -std=c++17 to nvcc (it knows no CUDA 20 flag
+# for nvcc; MmsparseCuda.cmake passes -std=c++20 itself).
+function(mmsparse_target_standard target)
+  get_target_property(sources ${target} SOURCES)
+  if(NOT sources MATCHES "\\.cu(;|$)")
+    target_compile_features(${target} PRIVATE cxx_std_20)
+    set_target_properties(${target} PROPERTIES CXX_EXTENSIONS OFF)
+  endif()
+endfunction()
+
+# -Wall -Wextra -Wpedantic -Wshadow as errors, plus the C++20 standard above.
+# COMPILE_WARNING_AS_ERROR maps to -Werror for g++ and to "-Werror all-warnings"
+# for nvcc; host code compiled by nvcc gets the g++ warnings through -Xcompiler
+# (no -Wpedantic there: nvcc's generated host code trips it). Configure with
 # --compile-no-warning-as-error to turn the errors off locally.
 function(mmsparse_target_warnings target)
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:-Wall;-Wextra;-Wpedantic;-Wshadow>
     $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wshadow,-Werror>)
   set_target_properties(${target} PROPERTIES COMPILE_WARNING_AS_ERROR ON)
+  mmsparse_target_standard(${target})
 endfunction()
 
 # MMSPARSE_NATIVE: bench and examples get -O3 -march=native (Eigen vectorises

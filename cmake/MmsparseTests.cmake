@@ -11,7 +11,6 @@ set(MMSPARSE_TEST_DIR "${PROJECT_SOURCE_DIR}/test")
 
 add_library(mmsparse_test_main STATIC "${MMSPARSE_TEST_DIR}/main.cpp")
 target_link_libraries(mmsparse_test_main PUBLIC Catch2::Catch2)
-target_compile_features(mmsparse_test_main PRIVATE cxx_std_20)
 mmsparse_target_warnings(mmsparse_test_main)
 mmsparse_target_native(mmsparse_test_main TEST)
 

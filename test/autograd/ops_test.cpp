@@ -41,8 +41,8 @@ struct Leaves {
   std::vector<Tensor<double>> values;
   std::vector<V64> vars;
 
-  V64 add(std::string name, std::int64_t rows, std::int64_t cols, double lo = -1.0,
-          double hi = 1.0) {
+  V64 add(
+      std::string name, std::int64_t rows, std::int64_t cols, double lo = -1.0, double hi = 1.0) {
     values.emplace_back(rows, cols);
     rng.fill_uniform(values.back().view(), lo, hi);
     names.push_back(std::move(name));
@@ -199,14 +199,14 @@ TEST_CASE("ops: float gradients agree with double gradients", "[autograd][cpu][g
       return Var<T, CpuBackend<T>>(b, store.back().view(), true);
     };
     store.reserve(8);
-    auto x = leaf(x64), a1 = leaf(w1), a3 = leaf(w3), a2 = leaf(w2), n1 = leaf(g1),
-         n2 = leaf(g2), hd = leaf(head);
+    auto x = leaf(x64), a1 = leaf(w1), a3 = leaf(w3), a2 = leaf(w2), n1 = leaf(g1), n2 = leaf(g2),
+         hd = leaf(head);
     auto h = rms_norm(tape, b, x, n1);
     auto z = swiglu(tape, b, linear(tape, b, h, a1), linear(tape, b, h, a3));
     auto r = add(tape, b, x, linear(tape, b, z, a2));
     auto o = layer_norm(tape, b, r, n2);
-    auto ce = cross_entropy(tape, b, linear(tape, b, o, hd),
-                            Span<const std::int32_t>(targets.data(), n));
+    auto ce =
+        cross_entropy(tape, b, linear(tape, b, o, hd), Span<const std::int32_t>(targets.data(), n));
     tape.backward(ce.loss);
     std::vector<std::vector<double>> grads;
     for (const auto& var : {x, a1, a3, a2, n1, n2, hd}) {

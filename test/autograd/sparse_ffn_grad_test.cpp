@@ -92,8 +92,9 @@ Grads run_case(const typename R::Config& rc, const Case& c) {
   Tensor<double> xv = rng.normal_tensor<double>(n, d);
   std::vector<ModalityId> modality(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) {
-    modality[static_cast<std::size_t>(i)] =
-        static_cast<ModalityId>(c.modalities == 1 ? 0 : (i * 7 + 3) % 5 < 3 ? 0 : 1);
+    modality[static_cast<std::size_t>(i)] = static_cast<ModalityId>(c.modalities == 1     ? 0
+                                                                    : (i * 7 + 3) % 5 < 3 ? 0
+                                                                                          : 1);
   }
   const Span<const ModalityId> mod(modality.data(), n);
   Tensor<double> r = rng.normal_tensor<double>(n, d);  // dL/dy

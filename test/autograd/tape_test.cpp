@@ -74,8 +74,8 @@ TEST_CASE("tape: a step's saved context is freed once the step has run", "[autog
   });
   CHECK_FALSE(first_w.expired());
   tape.backward(root);
-  CHECK(first_alive_when_last_ran);         // still waiting for its own step
-  CHECK_FALSE(last_alive_when_first_ran);   // freed right after the last step ran
+  CHECK(first_alive_when_last_ran);        // still waiting for its own step
+  CHECK_FALSE(last_alive_when_first_ran);  // freed right after the last step ran
   CHECK(first_w.expired());
 }
 
@@ -84,8 +84,9 @@ TEST_CASE("tape: backward before any forward is an error", "[autograd][cpu]") {
   Tape tape;
   V64 root(b, Tensor<double>(1, 1), true);
   REQUIRE_THROWS_AS(tape.backward(root), Error);
-  REQUIRE_THROWS_WITH(tape.backward(root), Catch::Contains("[Tape::backward]") &&
-                                               Catch::Contains("run a forward pass first"));
+  REQUIRE_THROWS_WITH(
+      tape.backward(root),
+      Catch::Contains("[Tape::backward]") && Catch::Contains("run a forward pass first"));
   REQUIRE_THROWS_AS(tape.backward(), Error);
 }
 

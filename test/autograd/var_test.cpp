@@ -43,8 +43,9 @@ TEST_CASE("var: asking a no-grad variable for its gradient is an error", "[autog
   Var<double, CpuBackend<double>> c(b, Tensor<double>(2, 2), false);
   CHECK_FALSE(c.requires_grad());
   REQUIRE_THROWS_AS(c.grad(), Error);
-  REQUIRE_THROWS_WITH(c.grad(), Catch::Contains("[Var::grad] requires_grad") &&
-                                    Catch::Contains("no-grad variable"));
+  REQUIRE_THROWS_WITH(
+      c.grad(),
+      Catch::Contains("[Var::grad] requires_grad") && Catch::Contains("no-grad variable"));
   Var<double, CpuBackend<double>> empty;
   CHECK_FALSE(empty.defined());
   REQUIRE_THROWS_WITH(empty.value(), Catch::Contains("an empty Var"));

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include <mmsparse/core/math.hpp>
 #include <mmsparse/core/modality.hpp>
 #include <mmsparse/core/rng.hpp>
 #include <mmsparse/core/tensor.hpp>
@@ -48,7 +49,7 @@ template <class T>
 inline constexpr double output_tolerance = std::is_same_v<T, double> ? 1e-12 : 1e-5;
 // Relative error allowed between analytic gradients and central differences (double).
 inline constexpr double gradcheck_tolerance = 1e-6;
-inline constexpr double gradcheck_step = 1e-6;
+inline constexpr double gradcheck_step = 1e-5;
 
 // Mixed batches at test sizes: 1t1i, 4t4i, 2t6i and three modalities.
 inline const std::vector<SparseFfnCase>& layer_cases() {
@@ -94,10 +95,10 @@ inline const std::vector<SparseFfnCase>& bench_cases() {
   std::vector<std::vector<ModalityId>> runs;
   std::int64_t assigned = 0;
   for (std::int64_t k = 0; k < m; ++k) {
-    std::int64_t count = k + 1 < m ? static_cast<std::int64_t>(
-                                         std::llround(c.mix[static_cast<std::size_t>(k)] *
-                                                      static_cast<double>(c.tokens)))
-                                   : c.tokens - assigned;
+    std::int64_t count =
+        k + 1 < m ? static_cast<std::int64_t>(std::llround(c.mix[static_cast<std::size_t>(k)] *
+                                                           static_cast<double>(c.tokens)))
+                  : c.tokens - assigned;
     count = std::clamp<std::int64_t>(count, 0, c.tokens - assigned);
     assigned += count;
     for (std::int64_t begin = 0; begin < count; begin += c.run) {
@@ -117,7 +118,16 @@ inline const std::vector<SparseFfnCase>& bench_cases() {
   return ids;
 }
 
+// Tokens of each modality in a case.
+[[nodiscard]] inline std::vector<std::int64_t> modality_counts(const SparseFfnCase& c) {
+  const auto ids = modalities_of(c);
+  return count_modalities(Span<const ModalityId>(ids.data(), c.tokens), c.modalities());
+}
+
 // ---- router variants: a router type and the configuration a case gives it -------------------
+// Each variant: `router`, `name`, experts(case), config(case), and planned_slots(case), the
+// (token, expert) pairs its plan holds (before capacity drops), which sizes the equal-FLOPs
+// dense baseline of bench/sparse_ffn_bench.cpp.
 
 // MoT untied FFN / MoMa 1t1i: one expert per modality.
 struct HardVariant {
@@ -128,6 +138,10 @@ struct HardVariant {
   }
   static router::Config config(const SparseFfnCase&) {
     return {};
+  }
+  // Slots of the plan: one per token.
+  static std::int64_t planned_slots(const SparseFfnCase& c) {
+    return c.tokens;
   }
 };
 
@@ -144,6 +158,10 @@ struct TokenChoiceCapacityVariant {
     cfg.capacity_factor = 1.0;
     return cfg;
   }
+  // Before capacity drops: k per token (the plan may hold fewer).
+  static std::int64_t planned_slots(const SparseFfnCase& c) {
+    return config(c).k * c.tokens;
+  }
 };
 
 struct TokenChoiceDroplessVariant {
@@ -157,6 +175,9 @@ struct TokenChoiceDroplessVariant {
     cfg.k = std::min<std::int64_t>(2, c.total_experts());
     cfg.dropless = true;
     return cfg;
+  }
+  static std::int64_t planned_slots(const SparseFfnCase& c) {
+    return config(c).k * c.tokens;
   }
 };
 
@@ -173,6 +194,10 @@ struct ExpertChoiceSigmoidVariant {
     cfg.gate = GateFn::sigmoid;
     return cfg;
   }
+  static std::int64_t planned_slots(const SparseFfnCase& c) {
+    return c.total_experts() *
+           expert_choice_capacity(config(c).capacity_factor, c.tokens, c.total_experts());
+  }
 };
 
 // Zhou et al.'s expert choice: softmax gates, capacity factor 2.
@@ -188,6 +213,10 @@ struct ExpertChoiceSoftmaxVariant {
     cfg.gate = GateFn::softmax;
     return cfg;
   }
+  static std::int64_t planned_slots(const SparseFfnCase& c) {
+    return c.total_experts() *
+           expert_choice_capacity(config(c).capacity_factor, c.tokens, c.total_experts());
+  }
 };
 
 // Mixture-of-depths: one block (expert), half of the tokens enter it.
@@ -202,6 +231,9 @@ struct DepthVariant {
     cfg.capacity = 0.5;
     return cfg;
   }
+  static std::int64_t planned_slots(const SparseFfnCase& c) {
+    return depth_capacity(config(c).capacity, c.tokens);
+  }
 };
 
 // MoMa: modality groups, expert choice (sigmoid, capacity factor 1) inside each group.
@@ -213,6 +245,15 @@ struct MomaExpertChoiceVariant {
   }
   static router::Config config(const SparseFfnCase& c) {
     return ExpertChoiceSigmoidVariant::config(c);  // the same knobs in every group
+  }
+  // Each group g: E_g experts of capacity(N_g) tokens.
+  static std::int64_t planned_slots(const SparseFfnCase& c) {
+    const auto counts = modality_counts(c);
+    std::int64_t s = 0;
+    for (std::size_t g = 0; g < c.groups.size(); ++g) {
+      s += c.groups[g] * expert_choice_capacity(config(c).capacity_factor, counts[g], c.groups[g]);
+    }
+    return s;
   }
 };
 
@@ -228,6 +269,10 @@ struct MomaTokenChoiceVariant {
     cfg.k = *std::min_element(c.groups.begin(), c.groups.end()) >= 2 ? 2 : 1;
     cfg.capacity_factor = 1.0;
     return cfg;
+  }
+  // Before capacity drops: k per token.
+  static std::int64_t planned_slots(const SparseFfnCase& c) {
+    return config(c).k * c.tokens;
   }
 };
 

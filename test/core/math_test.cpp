@@ -53,3 +53,40 @@ TEST_CASE("SwiGLU hidden width: (2/3) * 4d rounded up to 256", "[core][cpu]") {
   REQUIRE(mm::ceil_div(7, 2) == 4);
   REQUIRE(mm::round_up(257, 256) == 512);
 }
+
+TEST_CASE("top-k tie rule: higher score first, then the lower index", "[core][cpu]") {
+  STATIC_REQUIRE(mm::ranks_before(2.0f, 5, 1.0f, 0));
+  STATIC_REQUIRE(!mm::ranks_before(1.0f, 0, 2.0f, 5));
+  STATIC_REQUIRE(mm::ranks_before(1.0, 3, 1.0, 4));
+  STATIC_REQUIRE(!mm::ranks_before(1.0, 4, 1.0, 3));
+  STATIC_REQUIRE(!mm::ranks_before(1.0, 3, 1.0, 3));  // irreflexive: a strict order
+  REQUIRE(mm::ranks_before(-0.0f, 1, 0.0f, 2));        // signed zeros tie
+  REQUIRE(!mm::ranks_before(0.0f, 2, -0.0f, 1));
+  // A strict total order on distinct (score, index) pairs: exactly one of a<b, b<a.
+  const float scores[] = {0.5f, -1.0f, 0.5f, 2.0f, -0.0f, 0.0f, 0.5f};
+  for (std::int64_t a = 0; a < 7; ++a) {
+    for (std::int64_t b = 0; b < 7; ++b) {
+      const bool ab = mm::ranks_before(scores[a], a, scores[b], b);
+      const bool ba = mm::ranks_before(scores[b], b, scores[a], a);
+      REQUIRE((a == b ? !ab && !ba : ab != ba));
+    }
+  }
+}
+
+TEST_CASE("segment_of finds the segment holding an item, skipping empty ones", "[core][cpu]") {
+  static constexpr std::int64_t offsets[] = {0, 3, 3, 3, 7, 8, 8, 10};  // 7 segments, 3 empty
+  constexpr std::int64_t segments = 7;
+  for (std::int64_t i = 0; i < 10; ++i) {
+    std::int64_t want = -1;  // by definition: the e with offsets[e] <= i < offsets[e + 1]
+    for (std::int64_t e = 0; e < segments; ++e) {
+      if (offsets[e] <= i && i < offsets[e + 1]) {
+        want = e;
+      }
+    }
+    REQUIRE(mm::segment_of(offsets, segments, i) == want);
+  }
+  const std::int64_t shifted[] = {5, 6, 9};  // segments need not start at 0
+  REQUIRE(mm::segment_of(shifted, 2, 5) == 0);
+  REQUIRE(mm::segment_of(shifted, 2, 8) == 1);
+  STATIC_REQUIRE(mm::segment_of(offsets, segments, 9) == 6);
+}

@@ -1,17 +1,15 @@
 // Tests of dispatch/dense_mask.hpp: rows [E * N], row e*N + t reads token t, gate 0 where the plan
 // did not select (e, t).
-#include <catch2/catch.hpp>
-
 #include <cstdint>
 
-#include <mmsparse/dispatch/dense_mask.hpp>
+#include <catch2/catch.hpp>
 
 #include "dispatch/dispatch_checks.hpp"
+#include <mmsparse/dispatch/dense_mask.hpp>
 
 namespace mm = mmsparse;
 
-TEMPLATE_TEST_CASE("DenseMask runs every expert on every token", "[dispatch][cpu]", float,
-                   double) {
+TEMPLATE_TEST_CASE("DenseMask runs every expert on every token", "[dispatch][cpu]", float, double) {
   using W = mm::router_t<TestType>;
   const mm::DenseMask scheme{};
   for (std::uint64_t seed : {1u, 2u, 3u}) {

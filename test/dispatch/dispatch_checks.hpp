@@ -5,11 +5,11 @@
 // gate-weighted combine and both backward steps agree with the naive sums.
 #pragma once
 
-#include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/core/rng.hpp>
@@ -123,7 +123,9 @@ inline double max_abs_diff(const double* a, const double* b, std::int64_t n) {
 // Gather -> per-expert scale (1 + e) as a stand-in expert -> combine, and the two backward steps,
 // against naive loops over the plan's slots.
 template <class T, class D>
-void check_round_trip(const D& scheme, const RoutingPlan<router_t<T>>& plan, std::int64_t d,
+void check_round_trip(const D& scheme,
+                      const RoutingPlan<router_t<T>>& plan,
+                      std::int64_t d,
                       std::uint64_t seed) {
   using W = router_t<T>;
   CpuBackend<T> b;
@@ -170,15 +172,16 @@ void check_round_trip(const D& scheme, const RoutingPlan<router_t<T>>& plan, std
   }
   for (std::int64_t t = 0; t < n; ++t) {
     for (std::int64_t j = 0; j < d; ++j) {
-      REQUIRE(std::abs(static_cast<double>(y(t, j)) - y_ref(t, j)) <= tol * (1 + std::abs(y_ref(t, j))));
+      REQUIRE(std::abs(static_cast<double>(y(t, j)) - y_ref(t, j)) <=
+              tol * (1 + std::abs(y_ref(t, j))));
     }
   }
 
   Tensor<W> dgate(plan.slots(), 1);
   dgate.fill(W{-5});
   Tensor<T> dout(rows, d);
-  dispatch_combine_backward(b, dgate.span(), dout.view(), View<const T>(dy.view()),
-                            View<const T>(o.view()), layout);
+  dispatch_combine_backward(
+      b, dgate.span(), dout.view(), View<const T>(dy.view()), View<const T>(o.view()), layout);
   for (std::int64_t s = 0; s < plan.slots(); ++s) {
     const double want = dgate_ref[static_cast<std::size_t>(s)];
     REQUIRE(std::abs(static_cast<double>(dgate[s]) - want) <= tol * (1 + std::abs(want)) * d);
@@ -186,7 +189,7 @@ void check_round_trip(const D& scheme, const RoutingPlan<router_t<T>>& plan, std
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t j = 0; j < d; ++j) {
       const double want = layout.token[r] >= 0 ? static_cast<double>(layout.gate[r]) *
-                                                      static_cast<double>(dy(layout.token[r], j))
+                                                     static_cast<double>(dy(layout.token[r], j))
                                                : 0.0;
       REQUIRE(std::abs(static_cast<double>(dout(r, j)) - want) <= tol * (1 + std::abs(want)));
     }

@@ -1,14 +1,13 @@
 // Tests of dispatch/padded_capacity.hpp: an [E, C] buffer with expert e's slots first in its block
 // and zero padding after them; C the largest segment or a fixed capacity.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <cstdint>
 #include <string>
 
-#include <mmsparse/dispatch/padded_capacity.hpp>
+#include <catch2/catch.hpp>
 
 #include "dispatch/dispatch_checks.hpp"
+#include <mmsparse/dispatch/padded_capacity.hpp>
 
 namespace mm = mmsparse;
 
@@ -21,8 +20,10 @@ std::int64_t largest_segment(const mm::RoutingPlan<W>& plan) {
   return c;
 }
 
-TEMPLATE_TEST_CASE("PaddedCapacity pads every expert to the largest segment", "[dispatch][cpu]",
-                   float, double) {
+TEMPLATE_TEST_CASE("PaddedCapacity pads every expert to the largest segment",
+                   "[dispatch][cpu]",
+                   float,
+                   double) {
   using W = mm::router_t<TestType>;
   const mm::PaddedCapacity scheme{};
   for (std::uint64_t seed : {1u, 2u, 3u}) {

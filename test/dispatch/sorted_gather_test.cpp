@@ -1,16 +1,17 @@
 // Tests of dispatch/sorted_gather.hpp: the buffer is the plan itself (row r = slot r), and the
 // shared gather / combine / backward agree with naive loops over the plan.
-#include <catch2/catch.hpp>
-
 #include <cstdint>
 
-#include <mmsparse/dispatch/sorted_gather.hpp>
+#include <catch2/catch.hpp>
 
 #include "dispatch/dispatch_checks.hpp"
+#include <mmsparse/dispatch/sorted_gather.hpp>
 
 namespace mm = mmsparse;
 
-TEMPLATE_TEST_CASE("SortedGather lays out the plan's slots in order", "[dispatch][cpu]", float,
+TEMPLATE_TEST_CASE("SortedGather lays out the plan's slots in order",
+                   "[dispatch][cpu]",
+                   float,
                    double) {
   using W = mm::router_t<TestType>;
   const mm::SortedGather scheme{};
@@ -30,7 +31,9 @@ TEMPLATE_TEST_CASE("SortedGather lays out the plan's slots in order", "[dispatch
 }
 
 TEMPLATE_TEST_CASE("SortedGather handles tokens with several experts, none, and empty plans",
-                   "[dispatch][cpu]", float, double) {
+                   "[dispatch][cpu]",
+                   float,
+                   double) {
   using W = mm::router_t<TestType>;
   const mm::SortedGather scheme{};
   SECTION("dense plan: every token in every expert") {

@@ -4,8 +4,6 @@
 // errors, and random inputs of a case.
 #pragma once
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +11,9 @@
 #include <tuple>
 #include <vector>
 
+#include <catch2/catch.hpp>
+
+#include "cases/sparse_ffn_cases.hpp"
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/core/rng.hpp>
 #include <mmsparse/core/tensor.hpp>
@@ -20,8 +21,6 @@
 #include <mmsparse/dispatch/padded_capacity.hpp>
 #include <mmsparse/dispatch/sorted_gather.hpp>
 #include <mmsparse/layers/sparse_ffn.hpp>
-
-#include "cases/sparse_ffn_cases.hpp"
 
 namespace mmsparse::test {
 

@@ -1,20 +1,19 @@
 // Tests of layers/sparse_ffn.hpp, forward: every router x dispatch scheme x scalar against the
 // double oracle of the plan (testing/oracle.hpp) and against the dense-mask layer; edge cases;
 // invalid arguments (mmsparse::Error naming the argument, y untouched); workspace steady state.
-#include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
 
-#include <mmsparse/layers/sparse_ffn.hpp>
-#include <mmsparse/layers/swiglu_ffn.hpp>
-#include <mmsparse/testing/oracle.hpp>
+#include <catch2/catch.hpp>
 
 #include "cases/sparse_ffn_cases.hpp"
 #include "layers/layer_checks.hpp"
+#include <mmsparse/layers/sparse_ffn.hpp>
+#include <mmsparse/layers/swiglu_ffn.hpp>
+#include <mmsparse/testing/oracle.hpp>
 
 namespace mm = mmsparse;
 namespace cases = mmsparse::cases;
@@ -40,8 +39,8 @@ TEMPLATE_LIST_TEST_CASE("SparseFfn forward equals the double oracle and the dens
   const double tol = cases::output_tolerance<T>;
   mm::CpuBackend<T> b;
   for (const auto& c : all_cases()) {
-    INFO("case " << c.name << ", router " << V::name << ", dispatch "
-                 << TestType::dispatch::name << ", seed " << c.seed);
+    INFO("case " << c.name << ", router " << V::name << ", dispatch " << TestType::dispatch::name
+                 << ", seed " << c.seed);
     L layer(cases::layer_config<L, V>(c));
     Dense dense(cases::layer_config<Dense, V>(c));
     auto w = layer.weights();
@@ -57,10 +56,12 @@ TEMPLATE_LIST_TEST_CASE("SparseFfn forward equals the double oracle and the dens
     const auto& plan = saved.plan;
     REQUIRE(plan.num_tokens == c.tokens);
     REQUIRE(plan.num_experts == layer.num_experts());
+    // The case table's slot count (which sizes the benchmarks' dense baselines) is the plan's.
+    CHECK(plan.slots() + plan.dropped == V::planned_slots(c));
 
     // (a) the oracle from the plan's (expert, token, gate) triples, in double
-    const auto ref = mm::oracle_sparse_ffn<T>(x.view(), mm::plan_assignments(plan), w.w1, w.w3,
-                                              w.w2, layer.num_experts());
+    const auto ref = mm::oracle_sparse_ffn<T>(
+        x.view(), mm::plan_assignments(plan), w.w1, w.w3, w.w2, layer.num_experts());
     CHECK(mm::test::rel_error(y, ref) < tol);
 
     // A token no expert took gets exactly 0 (not the sentinel, not noise).
@@ -151,7 +152,9 @@ TEST_CASE("SparseFfn with one hard-routed expert is the dense SwiGLU FFN", "[lay
 }
 
 TEST_CASE("SparseFfn configuration, weights and bind", "[layers][cpu]") {
-  using L = mm::SparseFfn<float, mm::ModalityAware<mm::ExpertChoice>, mm::SortedGather,
+  using L = mm::SparseFfn<float,
+                          mm::ModalityAware<mm::ExpertChoice>,
+                          mm::SortedGather,
                           mm::CpuBackend<float>>;
   SECTION("defaults: hidden = swiglu_hidden(d), modalities = groups") {
     L layer({.d = 64, .experts = {2, 6}});
@@ -187,7 +190,7 @@ TEST_CASE("SparseFfn configuration, weights and bind", "[layers][cpu]") {
       }
       return std::sqrt(s / static_cast<double>(v.size()));
     };
-    CHECK(stddev(wa.router) == Approx(1 / std::sqrt(32.0)).epsilon(0.1));
+    CHECK(stddev(wa.router) == Approx(1 / std::sqrt(32.0)).epsilon(0.2));  // 256 draws
     CHECK(stddev(wa.w1) == Approx(1 / std::sqrt(32.0)).epsilon(0.05));
     CHECK(stddev(wa.w3) == Approx(1 / std::sqrt(32.0)).epsilon(0.05));
     CHECK(stddev(wa.w2) == Approx(1 / std::sqrt(64.0)).epsilon(0.05));
@@ -208,6 +211,7 @@ TEST_CASE("SparseFfn configuration, weights and bind", "[layers][cpu]") {
     (void)b_layer.forward(b, x.view(), modality, yb.view());
     CHECK(mm::test::rel_error(ya, yb) == 0.0);
     wb.w2.data[0] += 1.0f;  // the bound layer sees the caller's update
+    b.weights_updated();    // (the backend contract for weights changed in place)
     (void)a.forward(b, x.view(), modality, ya.view());
     (void)b_layer.forward(b, x.view(), modality, yb.view());
     CHECK(mm::test::rel_error(ya, yb) == 0.0);
@@ -234,11 +238,14 @@ TEST_CASE("SparseFfn configuration, weights and bind", "[layers][cpu]") {
       return "no exception";
     };
     CHECK(mm::test::contains(message([] { L({.d = 0, .experts = {1, 1}}); }), "[SparseFfn] d"));
-    CHECK(mm::test::contains(message([] { L({.d = 8, .hidden = -1, .experts = {1, 1}}); }),
+    CHECK(mm::test::contains(message([] {
+                               L({.d = 8, .hidden = -1, .experts = {1, 1}});
+                             }),
                              "[SparseFfn] hidden"));
-    CHECK(mm::test::contains(message([] { L({.d = 8, .experts = {}}); }),
-                             "[SparseFfn] experts"));
-    CHECK(mm::test::contains(message([] { L({.d = 8, .experts = {2, 0}}); }),
+    CHECK(mm::test::contains(message([] { L({.d = 8, .experts = {}}); }), "[SparseFfn] experts"));
+    CHECK(mm::test::contains(message([] {
+                               L({.d = 8, .experts = {2, 0}});
+                             }),
                              "[SparseFfn] experts[1]"));
   }
 }
@@ -269,10 +276,11 @@ void require_rejected(const std::string& part,
   std::string what = "no exception";
   try {
     L layer(cfg);
-    (void)layer.forward(b, x.view(),
-                        mm::Span<const mm::ModalityId>(ids.data(),
-                                                       static_cast<std::int64_t>(ids.size())),
-                        y.view());
+    (void)layer.forward(
+        b,
+        x.view(),
+        mm::Span<const mm::ModalityId>(ids.data(), static_cast<std::int64_t>(ids.size())),
+        y.view());
   } catch (const mm::Error& e) {
     what = e.what();
   }
@@ -285,43 +293,51 @@ void require_rejected(const std::string& part,
 }  // namespace
 
 TEST_CASE("SparseFfn rejects invalid inputs before writing y", "[layers][cpu]") {
-  using Moma = mm::SparseFfn<float, mm::ModalityAware<mm::ExpertChoice>, mm::SortedGather,
+  using Moma = mm::SparseFfn<float,
+                             mm::ModalityAware<mm::ExpertChoice>,
+                             mm::SortedGather,
                              mm::CpuBackend<float>>;
   using Hard = mm::SparseFfn<float, mm::ModalityHard, mm::PaddedCapacity, mm::CpuBackend<float>>;
   using Tc = mm::SparseFfn<float, mm::TokenChoice, mm::SortedGather, mm::CpuBackend<float>>;
   using Ec = mm::SparseFfn<double, mm::ExpertChoice, mm::DenseMask, mm::CpuBackend<double>>;
   using Mod = mm::SparseFfn<float, mm::MixtureOfDepths, mm::SortedGather, mm::CpuBackend<float>>;
-  using MomaTc = mm::SparseFfn<float, mm::ModalityAware<mm::TokenChoice>, mm::PaddedCapacity,
+  using MomaTc = mm::SparseFfn<float,
+                               mm::ModalityAware<mm::TokenChoice>,
+                               mm::PaddedCapacity,
                                mm::CpuBackend<float>>;
   const std::vector<mm::ModalityId> ids{0, 1, 1, 0, 1, 0, 1, 1};
   const Moma::Config moma{.d = 16, .hidden = 32, .experts = {2, 2}};
 
   SECTION("x with the wrong width") {
-    require_rejected<Moma>("[SparseFfn::forward] x: expected shape [N, 16], got [8, 15]", moma, 8,
-                           ids, 15);
+    require_rejected<Moma>(
+        "[SparseFfn::forward] x: expected shape [N, 16], got [8, 15]", moma, 8, ids, 15);
   }
   SECTION("y with the wrong shape") {
-    require_rejected<Moma>("[SparseFfn::forward] y: expected [8, 16], got [7, 16]", moma, 8, ids,
-                           -1, {7, 16});
-    require_rejected<Moma>("[SparseFfn::forward] y: expected [8, 16], got [8, 17]", moma, 8, ids,
-                           -1, {8, 17});
+    require_rejected<Moma>(
+        "[SparseFfn::forward] y: expected [8, 16], got [7, 16]", moma, 8, ids, -1, {7, 16});
+    require_rejected<Moma>(
+        "[SparseFfn::forward] y: expected [8, 16], got [8, 17]", moma, 8, ids, -1, {8, 17});
   }
   SECTION("modality ids: size and range") {
-    require_rejected<Moma>("[SparseFfn::forward] modality: expected size N = 8, got 7", moma, 8,
+    require_rejected<Moma>("[SparseFfn::forward] modality: expected size N = 8, got 7",
+                           moma,
+                           8,
                            {0, 1, 1, 0, 1, 0, 1});
     require_rejected<Moma>("[SparseFfn::forward] modality[3]: expected an id in [0, 2), got 2",
-                           moma, 8, {0, 1, 1, 2, 1, 0, 1, 1});
-    require_rejected<Moma>("modality[0]: expected an id in [0, 2), got -1", moma, 8,
-                           {-1, 1, 1, 0, 1, 0, 1, 1});
+                           moma,
+                           8,
+                           {0, 1, 1, 2, 1, 0, 1, 1});
+    require_rejected<Moma>(
+        "modality[0]: expected an id in [0, 2), got -1", moma, 8, {-1, 1, 1, 0, 1, 0, 1, 1});
   }
   SECTION("expert groups must match the modalities of hierarchical routers") {
     Moma::Config three = moma;
     three.modalities = 3;
-    require_rejected<Moma>("experts_per_group: expected one group per modality (3), got 2",
-                           three, 8, ids);
+    require_rejected<Moma>(
+        "experts_per_group: expected one group per modality (3), got 2", three, 8, ids);
     Hard::Config hard{.d = 16, .hidden = 32, .experts = {1, 1, 1}, .modalities = 2};
-    require_rejected<Hard>("experts_per_group: expected one group per modality (2), got 3", hard,
-                           8, ids);
+    require_rejected<Hard>(
+        "experts_per_group: expected one group per modality (2), got 3", hard, 8, ids);
     Hard::Config hard_two{.d = 16, .hidden = 32, .experts = {2, 1}};
     require_rejected<Hard>("experts_per_group[0]", hard_two, 8, ids);
   }
@@ -349,16 +365,16 @@ TEST_CASE("SparseFfn rejects invalid inputs before writing y", "[layers][cpu]") 
     padded.dispatch.capacity = -2;
     require_rejected<Hard>("[PaddedCapacity] capacity", padded, 8, ids);
     padded.dispatch.capacity = 3;  // 5 image tokens do not fit 3 rows
-    require_rejected<Hard>("[PaddedCapacity] capacity: expected >= the largest expert segment 5",
-                           padded, 8, ids);
+    require_rejected<Hard>(
+        "[PaddedCapacity] capacity: expected >= the largest expert segment 5", padded, 8, ids);
   }
   SECTION("a flat router takes one group") {
     Tc::Config tc{.d = 16, .hidden = 32, .experts = {2, 2}};
     require_rejected<Tc>("experts_per_group: expected one group", tc, 8, ids);
   }
   SECTION("NaN in x reaching the router logits") {
-    require_rejected<Moma>("router logits: expected finite values", moma, 8, ids, -1, {-1, -1},
-                           true);
+    require_rejected<Moma>(
+        "router logits: expected finite values", moma, 8, ids, -1, {-1, -1}, true);
     Ec::Config ec{.d = 16, .hidden = 32, .experts = {4}, .modalities = 2};
     require_rejected<Ec>("[expert_choice::route] router logits", ec, 8, ids, -1, {-1, -1}, true);
   }
@@ -368,7 +384,10 @@ TEST_CASE("SparseFfn rejects invalid inputs before writing y", "[layers][cpu]") 
     mm::Tensor<float> x(8, 16), y(8, 16);
     x.fill(0.5f);
     try {
-      (void)layer.forward(b, x.view(), mm::Span<const mm::ModalityId>(ids.data(), 8), y.view(),
+      (void)layer.forward(b,
+                          x.view(),
+                          mm::Span<const mm::ModalityId>(ids.data(), 8),
+                          y.view(),
                           {.sequence_length = -4});
       FAIL("no exception");
     } catch (const mm::Error& e) {

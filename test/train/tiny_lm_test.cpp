@@ -39,7 +39,8 @@ struct FixedBatch {
       ids[static_cast<std::size_t>(i)] = i;
     }
     for (std::int64_t i = 0; i < n; ++i) {
-      std::swap(ids[static_cast<std::size_t>(i)], ids[static_cast<std::size_t>(rng.integer(i, vocab))]);
+      std::swap(ids[static_cast<std::size_t>(i)],
+                ids[static_cast<std::size_t>(rng.integer(i, vocab))]);
       tokens.push_back(ids[static_cast<std::size_t>(i)]);
       targets.push_back(static_cast<std::int32_t>(rng.integer(0, vocab)));
       modality.push_back(tokens.back() < vocab / 2 ? 0 : 1);
@@ -57,12 +58,12 @@ std::vector<double> overfit(typename Ffn::Config ffn, int steps) {
   cfg.ffn = ffn;
   cfg.seed = 5;
   TinyLm<Ffn, B> model(b, cfg);
-  AdamW<float, B> opt(model.params(), {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8,
-                                       .weight_decay = 0.0});
+  AdamW<float, B> opt(model.params(),
+                      {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.0});
   const WarmupCosine schedule{.peak_lr = 2e-2, .min_lr = 2e-3, .warmup = 5, .total = steps};
   FixedBatch data(17);
-  const typename TinyLm<Ffn, B>::Batch batch{{data.tokens.data(), n}, {data.targets.data(), n},
-                                             {data.modality.data(), n}};
+  const typename TinyLm<Ffn, B>::Batch batch{
+      {data.tokens.data(), n}, {data.targets.data(), n}, {data.modality.data(), n}};
   Tape tape;
   std::vector<double> losses;
   for (int step = 0; step < steps; ++step) {
@@ -120,11 +121,11 @@ TEST_CASE("tiny_lm: whole-model gradients match finite differences", "[train][cp
   c.d = 8;
   c.hidden = 12;
   c.experts = {2, 2};
-  TinyLm<Ffn, B> model(b, {.vocab = vocab, .d = 8, .layers = 2, .modalities = 2, .ffn = c,
-                           .seed = 3});
+  TinyLm<Ffn, B> model(b,
+                       {.vocab = vocab, .d = 8, .layers = 2, .modalities = 2, .ffn = c, .seed = 3});
   FixedBatch data(23);
-  const TinyLm<Ffn, B>::Batch batch{{data.tokens.data(), 16}, {data.targets.data(), 16},
-                                    {data.modality.data(), 16}};
+  const TinyLm<Ffn, B>::Batch batch{
+      {data.tokens.data(), 16}, {data.targets.data(), 16}, {data.modality.data(), 16}};
   Tape tape;
   auto out = model.forward(tape, b, batch);
   tape.backward(out.loss);

@@ -10,10 +10,14 @@ namespace mmsparse {
 
 class NoGrad {
  public:
-  explicit NoGrad(Tape& tape) : tape_(tape), previous_(tape.enabled_) { tape_.enabled_ = false; }
+  explicit NoGrad(Tape& tape) : tape_(tape), previous_(tape.enabled_) {
+    tape_.enabled_ = false;
+  }
   NoGrad(const NoGrad&) = delete;
   NoGrad& operator=(const NoGrad&) = delete;
-  ~NoGrad() { tape_.enabled_ = previous_; }
+  ~NoGrad() {
+    tape_.enabled_ = previous_;
+  }
 
  private:
   Tape& tape_;

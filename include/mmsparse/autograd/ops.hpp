@@ -11,18 +11,18 @@
 #include <utility>
 #include <vector>
 
+#include <mmsparse/autograd/tape.hpp>
+#include <mmsparse/autograd/var.hpp>
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/modality.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/layers/embedding.hpp>
 #include <mmsparse/layers/linear.hpp>
 #include <mmsparse/layers/loss.hpp>
 #include <mmsparse/layers/norm.hpp>
 #include <mmsparse/layers/sparse_ffn.hpp>
 #include <mmsparse/layers/swiglu_ffn.hpp>
-#include <mmsparse/autograd/tape.hpp>
-#include <mmsparse/autograd/var.hpp>
 
 namespace mmsparse {
 
@@ -62,24 +62,28 @@ View<const T, S> cview(View<T, S> v) {
 
 // y [N, out] = x [N, in] w [in, out] (+ bias [1, out]); bias may be an empty Var.
 template <class B, class T = typename B::scalar>
-[[nodiscard]] Var<T, B> linear(Tape& tape,
-                               B& b,
-                               const Var<T, B>& x,
-                               const Var<T, B>& w,
-                               const Var<T, B>& bias = {}) {
+[[nodiscard]] Var<T, B> linear(
+    Tape& tape, B& b, const Var<T, B>& x, const Var<T, B>& w, const Var<T, B>& bias = {}) {
   using S = typename B::space;
   const bool grad = tape.recording() && detail::any_requires_grad(x, w, bias);
   Var<T, B> y(b, Tensor<T, S>(x.shape().rows, w.shape().cols), grad);
-  linear_forward(b, y.value(), detail::cview(x.value()), detail::cview(w.value()),
+  linear_forward(b,
+                 y.value(),
+                 detail::cview(x.value()),
+                 detail::cview(w.value()),
                  bias.defined() ? detail::cview(bias.value()) : View<const T, S>{});
   if (grad) {
     tape.record([&b, x, w, bias, y] {
       if (!y.has_grad()) {
         return;
       }
-      linear_backward(b, detail::grad_or_empty(x), detail::grad_or_empty(w),
-                      detail::grad_or_empty(bias), detail::cview(y.grad()),
-                      detail::cview(x.value()), detail::cview(w.value()));
+      linear_backward(b,
+                      detail::grad_or_empty(x),
+                      detail::grad_or_empty(w),
+                      detail::grad_or_empty(bias),
+                      detail::cview(y.grad()),
+                      detail::cview(x.value()),
+                      detail::cview(w.value()));
     });
   }
   return y;
@@ -131,11 +135,8 @@ template <class B, class T = typename B::scalar>
 
 // RMSNorm over rows: y = x * rstd * w, w [1, d].
 template <class B, class T = typename B::scalar>
-[[nodiscard]] Var<T, B> rms_norm(Tape& tape,
-                                 B& b,
-                                 const Var<T, B>& x,
-                                 const Var<T, B>& w,
-                                 double eps = 1e-5) {
+[[nodiscard]] Var<T, B> rms_norm(
+    Tape& tape, B& b, const Var<T, B>& x, const Var<T, B>& w, double eps = 1e-5) {
   using S = typename B::space;
   using A = accum_t<T>;
   const bool grad = tape.recording() && detail::any_requires_grad(x, w);
@@ -151,9 +152,13 @@ template <class B, class T = typename B::scalar>
         return;
       }
       auto f = b.workspace().frame();
-      rms_norm_backward(b, detail::grad_or_scratch(b, x), detail::grad_or_scratch(b, w),
-                        detail::cview(y.grad()), detail::cview(x.value()),
-                        detail::cview(w.value()), rstd.span());
+      rms_norm_backward(b,
+                        detail::grad_or_scratch(b, x),
+                        detail::grad_or_scratch(b, w),
+                        detail::cview(y.grad()),
+                        detail::cview(x.value()),
+                        detail::cview(w.value()),
+                        rstd.span());
     });
   }
   return y;
@@ -183,8 +188,14 @@ template <class B, class T = typename B::scalar>
     mean = b.workspace().template take_span<A>(x.shape().rows);
     rstd = b.workspace().template take_span<A>(x.shape().rows);
   }
-  layer_norm_forward(b, y.value(), mean, rstd, detail::cview(x.value()), detail::cview(w.value()),
-                     bias.defined() ? detail::cview(bias.value()) : View<const T, S>{}, eps);
+  layer_norm_forward(b,
+                     y.value(),
+                     mean,
+                     rstd,
+                     detail::cview(x.value()),
+                     detail::cview(w.value()),
+                     bias.defined() ? detail::cview(bias.value()) : View<const T, S>{},
+                     eps);
   if (grad) {
     tape.record([&b, x, w, bias, y, stats = std::move(stats)] {
       if (!y.has_grad()) {
@@ -192,10 +203,15 @@ template <class B, class T = typename B::scalar>
       }
       auto f = b.workspace().frame();
       const std::int64_t n = stats.cols();
-      layer_norm_backward(b, detail::grad_or_scratch(b, x), detail::grad_or_scratch(b, w),
-                          detail::grad_or_empty(bias), detail::cview(y.grad()),
-                          detail::cview(x.value()), detail::cview(w.value()),
-                          Span<const A, S>(stats.data(), n), Span<const A, S>(stats.data() + n, n));
+      layer_norm_backward(b,
+                          detail::grad_or_scratch(b, x),
+                          detail::grad_or_scratch(b, w),
+                          detail::grad_or_empty(bias),
+                          detail::cview(y.grad()),
+                          detail::cview(x.value()),
+                          detail::cview(w.value()),
+                          Span<const A, S>(stats.data(), n),
+                          Span<const A, S>(stats.data() + n, n));
     });
   }
   return y;
@@ -217,8 +233,8 @@ template <class B, class T = typename B::scalar>
       auto f = b.workspace().frame();
       auto da = b.workspace().template take<T>(a.shape().rows, a.shape().cols);  // [N, f]
       auto dg = b.workspace().template take<T>(a.shape().rows, a.shape().cols);  // [N, f]
-      b.swiglu_backward(da, dg, detail::cview(h.grad()), detail::cview(a.value()),
-                        detail::cview(g.value()));
+      b.swiglu_backward(
+          da, dg, detail::cview(h.grad()), detail::cview(a.value()), detail::cview(g.value()));
       if (a.requires_grad()) {
         b.axpy(a.grad(), detail::cview(da), 1.0);
       }
@@ -268,8 +284,11 @@ template <class B, class T = typename B::scalar>
       }
       const std::int64_t rows = stats.cols();
       const double dl = static_cast<double>(scalar_cast<A>(y.grad()(0, 0)));
-      cross_entropy_backward(b, logits.grad(), detail::cview(logits.value()),
-                             Span<const A, S>(stats.data() + rows, rows), targets,
+      cross_entropy_backward(b,
+                             logits.grad(),
+                             detail::cview(logits.value()),
+                             Span<const A, S>(stats.data() + rows, rows),
+                             targets,
                              dl / static_cast<double>(rows));
     });
   }
@@ -347,8 +366,7 @@ template <class T, class R, class D, class B>
       const double aux_scale =
           a.has_grad() ? static_cast<double>(scalar_cast<accum_t<T>>(a.grad()(0, 0))) : 0.0;
       View<T, S> dy = y.has_grad() ? y.grad() : detail::scratch_zeros<T>(b, y.shape());
-      layer.backward(b, saved, detail::cview(dy), detail::grad_or_scratch(b, x), grads,
-                     aux_scale);
+      layer.backward(b, saved, detail::cview(dy), detail::grad_or_scratch(b, x), grads, aux_scale);
     });
   }
   return out;

@@ -14,10 +14,10 @@
 #include <utility>
 #include <vector>
 
+#include <mmsparse/autograd/var.hpp>
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/backend/concepts.hpp>
-#include <mmsparse/autograd/var.hpp>
 
 namespace mmsparse {
 
@@ -46,10 +46,13 @@ class ParamArena {
 
   // Declares a slice and returns its id. Names must be unique.
   std::int64_t add(std::string name, Shape shape, bool decay = true) {
-    MMSPARSE_CHECK(!allocated(), "ParamArena::add", name, "a slice declared before allocate()",
+    MMSPARSE_CHECK(!allocated(),
+                   "ParamArena::add",
+                   name,
+                   "a slice declared before allocate()",
                    "a slice declared after allocate()");
-    MMSPARSE_CHECK(shape.rows >= 0 && shape.cols >= 0, "ParamArena::add", name,
-                   "non-negative dims", shape);
+    MMSPARSE_CHECK(
+        shape.rows >= 0 && shape.cols >= 0, "ParamArena::add", name, "non-negative dims", shape);
     MMSPARSE_CHECK(find(name) < 0, "ParamArena::add", "name", "a new name", name);
     const std::int64_t offset = (size_ + align - 1) / align * align;
     slices_.push_back({std::move(name), shape, offset, decay});
@@ -59,8 +62,8 @@ class ParamArena {
 
   // Allocates both buffers; values and gradients start at zero (padding stays zero).
   void allocate(B& b) {
-    MMSPARSE_CHECK(!allocated(), "ParamArena::allocate", "arena", "not yet allocated",
-                   "allocated twice");
+    MMSPARSE_CHECK(
+        !allocated(), "ParamArena::allocate", "arena", "not yet allocated", "allocated twice");
     values_ = Tensor<T, space>(1, size_);
     grads_ = Tensor<T, space>(1, size_);
     b.fill(values_.view(), T{});
@@ -68,10 +71,16 @@ class ParamArena {
     allocated_ = true;
   }
 
-  [[nodiscard]] bool allocated() const { return allocated_; }
-  [[nodiscard]] const std::vector<ParamSlice>& slices() const { return slices_; }
+  [[nodiscard]] bool allocated() const {
+    return allocated_;
+  }
+  [[nodiscard]] const std::vector<ParamSlice>& slices() const {
+    return slices_;
+  }
   // Elements of the arena, alignment padding included.
-  [[nodiscard]] std::int64_t size() const { return size_; }
+  [[nodiscard]] std::int64_t size() const {
+    return size_;
+  }
   // Number of parameters, padding excluded.
   [[nodiscard]] std::int64_t count() const {
     std::int64_t n = 0;
@@ -95,20 +104,40 @@ class ParamArena {
     return i;
   }
 
-  [[nodiscard]] view_type value(std::int64_t id) { return slice(values_, id, "value"); }
-  [[nodiscard]] view_type grad(std::int64_t id) { return slice(grads_, id, "grad"); }
-  [[nodiscard]] view_type value(std::string_view name) { return value(id(name)); }
-  [[nodiscard]] view_type grad(std::string_view name) { return grad(id(name)); }
+  [[nodiscard]] view_type value(std::int64_t id) {
+    return slice(values_, id, "value");
+  }
+  [[nodiscard]] view_type grad(std::int64_t id) {
+    return slice(grads_, id, "grad");
+  }
+  [[nodiscard]] view_type value(std::string_view name) {
+    return value(id(name));
+  }
+  [[nodiscard]] view_type grad(std::string_view name) {
+    return grad(id(name));
+  }
   // The parameter as a Var whose gradient is the arena's gradient slice.
-  [[nodiscard]] Var<T, B> var(B& b, std::int64_t id) { return Var<T, B>(b, value(id), grad(id)); }
+  [[nodiscard]] Var<T, B> var(B& b, std::int64_t id) {
+    return Var<T, B>(b, value(id), grad(id));
+  }
 
   // The whole arena as one row: [1, size()].
-  [[nodiscard]] view_type values() { return checked(values_).view(); }
-  [[nodiscard]] view_type grads() { return checked(grads_).view(); }
-  [[nodiscard]] View<const T, space> values() const { return checked(values_).view(); }
-  [[nodiscard]] View<const T, space> grads() const { return checked(grads_).view(); }
+  [[nodiscard]] view_type values() {
+    return checked(values_).view();
+  }
+  [[nodiscard]] view_type grads() {
+    return checked(grads_).view();
+  }
+  [[nodiscard]] View<const T, space> values() const {
+    return checked(values_).view();
+  }
+  [[nodiscard]] View<const T, space> grads() const {
+    return checked(grads_).view();
+  }
 
-  void zero_grad(B& b) { b.fill(grads(), T{}); }
+  void zero_grad(B& b) {
+    b.fill(grads(), T{});
+  }
 
  private:
   template <class Tn>
@@ -117,8 +146,11 @@ class ParamArena {
     return t;
   }
   view_type slice(Tensor<T, space>& t, std::int64_t id, const char* what) {
-    MMSPARSE_CHECK(id >= 0 && id < static_cast<std::int64_t>(slices_.size()), "ParamArena", what,
-                   "a slice id in [0, " + std::to_string(slices_.size()) + ")", id);
+    MMSPARSE_CHECK(id >= 0 && id < static_cast<std::int64_t>(slices_.size()),
+                   "ParamArena",
+                   what,
+                   "a slice id in [0, " + std::to_string(slices_.size()) + ")",
+                   id);
     const ParamSlice& s = slices_[static_cast<std::size_t>(id)];
     return view_type(checked(t).data() + s.offset, s.shape.rows, s.shape.cols);
   }
@@ -134,7 +166,9 @@ namespace detail {
 // True when Weights can be brace-initialised from sizeof...(I) views.
 template <class Weights, class V, std::size_t... I>
 constexpr bool brace_init_with(std::index_sequence<I...>) {
-  return requires { Weights{(static_cast<void>(I), std::declval<V>())...}; };
+  return requires {
+    Weights{(static_cast<void>(I), std::declval<V>())...};
+  };
 }
 // Number of view members of an aggregate Weights (at most 16).
 template <class Weights, class V, std::size_t N = 1>

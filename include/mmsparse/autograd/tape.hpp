@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include <mmsparse/core/error.hpp>
 #include <mmsparse/autograd/var.hpp>
+#include <mmsparse/core/error.hpp>
 
 namespace mmsparse {
 
@@ -24,8 +24,12 @@ class Tape {
   Tape& operator=(const Tape&) = delete;
 
   // False under NoGrad: ops then record nothing and save no activations.
-  [[nodiscard]] bool recording() const { return enabled_; }
-  [[nodiscard]] std::size_t size() const { return steps_.size(); }
+  [[nodiscard]] bool recording() const {
+    return enabled_;
+  }
+  [[nodiscard]] std::size_t size() const {
+    return steps_.size();
+  }
 
   // Appends a backward step (a move-only callable run once, in reverse order).
   template <class F>
@@ -40,8 +44,11 @@ class Tape {
   // Seeds d(root)/d(root) = 1 for a scalar root ([1, 1], a loss) and runs the backward pass.
   template <class T, class B>
   void backward(const Var<T, B>& root) {
-    MMSPARSE_CHECK(root.shape() == (Shape{1, 1}), "Tape::backward", "root",
-                   "a scalar [1, 1] (pass a seed gradient for other shapes)", root.shape());
+    MMSPARSE_CHECK(root.shape() == (Shape{1, 1}),
+                   "Tape::backward",
+                   "root",
+                   "a scalar [1, 1] (pass a seed gradient for other shapes)",
+                   root.shape());
     B& b = root.backend();
     auto frame = b.workspace().frame();
     auto one = b.workspace().template take<T>(1, 1);  // [1, 1]
@@ -53,8 +60,8 @@ class Tape {
   template <class T, class B>
   void backward(const Var<T, B>& root, View<const T, typename B::space> seed) {
     check_ready();
-    MMSPARSE_CHECK(seed.shape() == root.shape(), "Tape::backward", "seed", root.shape(),
-                   seed.shape());
+    MMSPARSE_CHECK(
+        seed.shape() == root.shape(), "Tape::backward", "seed", root.shape(), seed.shape());
     root.backend().axpy(root.grad(), seed, 1.0);
     run();
   }
@@ -81,15 +88,22 @@ class Tape {
   template <class F>
   struct StepOf final : Step {
     explicit StepOf(F f) : fn(std::move(f)) {}
-    void run() override { fn(); }
+    void run() override {
+      fn();
+    }
     F fn;
   };
   enum class State { empty, recorded, consumed };
 
   void check_ready() const {
-    MMSPARSE_CHECK(state_ != State::empty, "Tape::backward", "tape",
-                   "a recorded forward pass", "nothing recorded: run a forward pass first");
-    MMSPARSE_CHECK(state_ != State::consumed, "Tape::backward", "tape",
+    MMSPARSE_CHECK(state_ != State::empty,
+                   "Tape::backward",
+                   "tape",
+                   "a recorded forward pass",
+                   "nothing recorded: run a forward pass first");
+    MMSPARSE_CHECK(state_ != State::consumed,
+                   "Tape::backward",
+                   "tape",
                    "a recorded forward pass",
                    "backward already ran for this forward pass: run a new forward pass first");
   }

@@ -9,9 +9,9 @@
 #include <memory>
 #include <utility>
 
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/backend/concepts.hpp>
 
 namespace mmsparse {
 
@@ -45,19 +45,34 @@ class Var {
     node_->has_grad = true;
   }
 
-  [[nodiscard]] bool defined() const { return node_ != nullptr; }
-  [[nodiscard]] view_type value() const { return node().value; }
-  [[nodiscard]] Shape shape() const { return node().value.shape(); }
-  [[nodiscard]] bool requires_grad() const { return node().requires_grad; }
+  [[nodiscard]] bool defined() const {
+    return node_ != nullptr;
+  }
+  [[nodiscard]] view_type value() const {
+    return node().value;
+  }
+  [[nodiscard]] Shape shape() const {
+    return node().value.shape();
+  }
+  [[nodiscard]] bool requires_grad() const {
+    return node().requires_grad;
+  }
   // True once a gradient buffer exists (something flowed into it, or it is borrowed).
-  [[nodiscard]] bool has_grad() const { return node().has_grad; }
-  [[nodiscard]] B& backend() const { return *node().b; }
+  [[nodiscard]] bool has_grad() const {
+    return node().has_grad;
+  }
+  [[nodiscard]] B& backend() const {
+    return *node().b;
+  }
 
   // The gradient, allocated and zeroed on first use.
   [[nodiscard]] view_type grad() const {
     Node& n = node();
-    MMSPARSE_CHECK(n.requires_grad, "Var::grad", "requires_grad",
-                   "a variable that requires a gradient", "a no-grad variable (a constant, or "
+    MMSPARSE_CHECK(n.requires_grad,
+                   "Var::grad",
+                   "requires_grad",
+                   "a variable that requires a gradient",
+                   "a no-grad variable (a constant, or "
                    "made under NoGrad)");
     if (!n.has_grad) {
       n.grad_storage = Tensor<T, space>(n.value.rows, n.value.cols);
@@ -73,7 +88,9 @@ class Var {
     }
   }
   // True when both handles share one node.
-  [[nodiscard]] bool same(const Var& o) const { return node_ == o.node_; }
+  [[nodiscard]] bool same(const Var& o) const {
+    return node_ == o.node_;
+  }
 
  private:
   struct Node {

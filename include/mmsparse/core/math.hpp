@@ -30,6 +30,34 @@ MMSPARSE_HOST_DEVICE constexpr std::int64_t clamp_i64(std::int64_t v,
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
+// The tie rule of every top-k, on every backend (PAPERS.md §4.6): a higher score ranks first,
+// and of equal scores (-0 == +0) the lower index does. Scores must not be NaN.
+template <class W>
+MMSPARSE_HOST_DEVICE constexpr bool ranks_before(W score_a,
+                                                 std::int64_t a,
+                                                 W score_b,
+                                                 std::int64_t b) {
+  return score_a > score_b || (score_a == score_b && a < b);
+}
+
+// The segment e with offsets[e] <= i < offsets[e + 1], for `segments` non-decreasing segments
+// (E + 1 offsets) and offsets[0] <= i < offsets[E]: empty segments are skipped.
+MMSPARSE_HOST_DEVICE constexpr std::int64_t segment_of(const std::int64_t* offsets,
+                                                       std::int64_t segments,
+                                                       std::int64_t i) {
+  std::int64_t lo = 0;
+  std::int64_t hi = segments;  // offsets[lo] <= i < offsets[hi]
+  while (hi - lo > 1) {
+    const std::int64_t mid = lo + (hi - lo) / 2;
+    if (offsets[mid] <= i) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
 // ceil(x) for a non-negative product computed in double, robust to x = 2.0000000001
 // from float inputs such as 0.1f * 30: values within 1e-9 of an integer round to it.
 inline std::int64_t ceil_tolerant(double x) {

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -24,8 +25,6 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/error.hpp>
@@ -37,8 +36,23 @@ static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian: mmsparse reads it on little-endian hosts only");
 
 // Every dtype of the format; mmsparse reads and writes f32, f64, bf16 and i32.
-enum class SafetensorsDtype { boolean, u8, i8, f8_e5m2, f8_e4m3, i16, u16, f16, bf16, i32, u32,
-                              f32, f64, i64, u64 };
+enum class SafetensorsDtype {
+  boolean,
+  u8,
+  i8,
+  f8_e5m2,
+  f8_e4m3,
+  i16,
+  u16,
+  f16,
+  bf16,
+  i32,
+  u32,
+  f32,
+  f64,
+  i64,
+  u64
+};
 
 namespace detail {
 
@@ -49,13 +63,20 @@ struct SafetensorsDtypeInfo {
 };
 
 inline constexpr std::array<SafetensorsDtypeInfo, 15> safetensors_dtypes = {{
-    {SafetensorsDtype::boolean, "BOOL", 1}, {SafetensorsDtype::u8, "U8", 1},
-    {SafetensorsDtype::i8, "I8", 1},        {SafetensorsDtype::f8_e5m2, "F8_E5M2", 1},
-    {SafetensorsDtype::f8_e4m3, "F8_E4M3", 1}, {SafetensorsDtype::i16, "I16", 2},
-    {SafetensorsDtype::u16, "U16", 2},      {SafetensorsDtype::f16, "F16", 2},
-    {SafetensorsDtype::bf16, "BF16", 2},    {SafetensorsDtype::i32, "I32", 4},
-    {SafetensorsDtype::u32, "U32", 4},      {SafetensorsDtype::f32, "F32", 4},
-    {SafetensorsDtype::f64, "F64", 8},      {SafetensorsDtype::i64, "I64", 8},
+    {SafetensorsDtype::boolean, "BOOL", 1},
+    {SafetensorsDtype::u8, "U8", 1},
+    {SafetensorsDtype::i8, "I8", 1},
+    {SafetensorsDtype::f8_e5m2, "F8_E5M2", 1},
+    {SafetensorsDtype::f8_e4m3, "F8_E4M3", 1},
+    {SafetensorsDtype::i16, "I16", 2},
+    {SafetensorsDtype::u16, "U16", 2},
+    {SafetensorsDtype::f16, "F16", 2},
+    {SafetensorsDtype::bf16, "BF16", 2},
+    {SafetensorsDtype::i32, "I32", 4},
+    {SafetensorsDtype::u32, "U32", 4},
+    {SafetensorsDtype::f32, "F32", 4},
+    {SafetensorsDtype::f64, "F64", 8},
+    {SafetensorsDtype::i64, "I64", 8},
     {SafetensorsDtype::u64, "U64", 8},
 }};
 
@@ -116,8 +137,9 @@ constexpr SafetensorsDtype safetensors_dtype_of() {
   } else if constexpr (std::is_same_v<U, bf16>) {
     return SafetensorsDtype::bf16;
   } else {
-    static_assert(std::is_same_v<U, std::int32_t>,
-                  "safetensors I/O supports float (F32), double (F64), bf16 (BF16) and int32 (I32)");
+    static_assert(
+        std::is_same_v<U, std::int32_t>,
+        "safetensors I/O supports float (F32), double (F64), bf16 (BF16) and int32 (I32)");
     return SafetensorsDtype::i32;
   }
 }
@@ -151,11 +173,16 @@ struct NamedTensorView {
         writable(!std::is_const_v<T>) {
     std::int64_t count = 1;
     for (const std::int64_t s : shape) {
-      MMSPARSE_CHECK(s >= 0, "NamedTensorView", name + " shape", "non-negative dims",
+      MMSPARSE_CHECK(s >= 0,
+                     "NamedTensorView",
+                     name + " shape",
+                     "non-negative dims",
                      detail::shape_string(shape));
       count *= s;
     }
-    MMSPARSE_CHECK(count == rows * cols, "NamedTensorView", name + " shape",
+    MMSPARSE_CHECK(count == rows * cols,
+                   "NamedTensorView",
+                   name + " shape",
                    "a shape of " + std::to_string(rows * cols) + " elements (the view is [" +
                        std::to_string(rows) + ", " + std::to_string(cols) + "])",
                    detail::shape_string(shape));
@@ -164,8 +191,12 @@ struct NamedTensorView {
   NamedTensorView(std::string tensor_name, Span<T, host_space> s)
       : NamedTensorView(std::move(tensor_name), s.as_column(), {s.size}) {}
 
-  [[nodiscard]] std::int64_t element_bytes() const { return safetensors_dtype_bytes(dtype); }
-  [[nodiscard]] std::int64_t bytes() const { return rows * cols * element_bytes(); }
+  [[nodiscard]] std::int64_t element_bytes() const {
+    return safetensors_dtype_bytes(dtype);
+  }
+  [[nodiscard]] std::int64_t bytes() const {
+    return rows * cols * element_bytes();
+  }
 };
 
 // An opened safetensors file: the validated header; tensors are read on request.
@@ -182,9 +213,13 @@ class SafetensorsFile {
   // Largest header accepted (as the reference implementation: 100 MB).
   static constexpr std::int64_t max_header_bytes = 100'000'000;
 
-  explicit SafetensorsFile(std::string path) : path_(std::move(path)) { parse(); }
+  explicit SafetensorsFile(std::string path) : path_(std::move(path)) {
+    parse();
+  }
 
-  [[nodiscard]] const std::string& path() const { return path_; }
+  [[nodiscard]] const std::string& path() const {
+    return path_;
+  }
   // Tensor names in data order.
   [[nodiscard]] std::vector<std::string> names() const {
     std::vector<std::string> out;
@@ -194,15 +229,21 @@ class SafetensorsFile {
     }
     return out;
   }
-  [[nodiscard]] bool contains(std::string_view name) const { return find(name) != nullptr; }
+  [[nodiscard]] bool contains(std::string_view name) const {
+    return find(name) != nullptr;
+  }
   [[nodiscard]] const std::vector<std::int64_t>& shape(std::string_view name) const {
     return entry(name, "SafetensorsFile::shape").shape;
   }
   [[nodiscard]] SafetensorsDtype dtype(std::string_view name) const {
     return entry(name, "SafetensorsFile::dtype").dtype;
   }
-  [[nodiscard]] const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  [[nodiscard]] const std::vector<Entry>& entries() const { return entries_; }
+  [[nodiscard]] const std::map<std::string, std::string>& metadata() const {
+    return metadata_;
+  }
+  [[nodiscard]] const std::vector<Entry>& entries() const {
+    return entries_;
+  }
 
   // Reads tensor dst.name into dst (checked: present, dtype, shape, writable).
   void read_into(const NamedTensorView& dst) const {
@@ -222,15 +263,26 @@ class SafetensorsFile {
   // Checks that dst can receive its tensor; returns the file entry.
   const Entry& check_destination(const NamedTensorView& dst, const char* op) const {
     const Entry* e = find(dst.name);
-    MMSPARSE_CHECK(e != nullptr, op, detail::st_arg(path_, dst.name, "name"),
-                   "a tensor of the file", "no such tensor (the file has " +
-                       std::to_string(entries_.size()) + ")");
-    MMSPARSE_CHECK(dst.writable, op, detail::st_arg(path_, dst.name, "destination"),
-                   "a writable view", "a view of const data");
-    MMSPARSE_CHECK(e->dtype == dst.dtype, op, detail::st_arg(path_, dst.name, "dtype"),
-                   safetensors_dtype_name(dst.dtype), safetensors_dtype_name(e->dtype));
-    MMSPARSE_CHECK(e->shape == dst.shape, op, detail::st_arg(path_, dst.name, "shape"),
-                   detail::shape_string(dst.shape), detail::shape_string(e->shape));
+    MMSPARSE_CHECK(e != nullptr,
+                   op,
+                   detail::st_arg(path_, dst.name, "name"),
+                   "a tensor of the file",
+                   "no such tensor (the file has " + std::to_string(entries_.size()) + ")");
+    MMSPARSE_CHECK(dst.writable,
+                   op,
+                   detail::st_arg(path_, dst.name, "destination"),
+                   "a writable view",
+                   "a view of const data");
+    MMSPARSE_CHECK(e->dtype == dst.dtype,
+                   op,
+                   detail::st_arg(path_, dst.name, "dtype"),
+                   safetensors_dtype_name(dst.dtype),
+                   safetensors_dtype_name(e->dtype));
+    MMSPARSE_CHECK(e->shape == dst.shape,
+                   op,
+                   detail::st_arg(path_, dst.name, "shape"),
+                   detail::shape_string(dst.shape),
+                   detail::shape_string(e->shape));
     return *e;
   }
 
@@ -238,14 +290,19 @@ class SafetensorsFile {
   [[nodiscard]] std::vector<std::byte> read_bytes(const Entry& e, const char* op) const {
     std::vector<std::byte> buf(static_cast<std::size_t>(e.end - e.begin));
     std::ifstream in(path_, std::ios::binary);
-    MMSPARSE_CHECK(in.good(), op, detail::st_arg(path_, e.name, "file"), "a readable file",
+    MMSPARSE_CHECK(in.good(),
+                   op,
+                   detail::st_arg(path_, e.name, "file"),
+                   "a readable file",
                    std::error_code(errno, std::generic_category()).message());
     in.seekg(static_cast<std::streamoff>(data_start_ + e.begin));
     in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
     const auto got = in.gcount();
-    MMSPARSE_CHECK(got == static_cast<std::streamsize>(buf.size()), op,
+    MMSPARSE_CHECK(got == static_cast<std::streamsize>(buf.size()),
+                   op,
                    detail::st_arg(path_, e.name, "data"),
-                   std::to_string(buf.size()) + " bytes", std::to_string(got) + " bytes");
+                   std::to_string(buf.size()) + " bytes",
+                   std::to_string(got) + " bytes");
     return buf;
   }
 
@@ -254,7 +311,8 @@ class SafetensorsFile {
     const std::int64_t row_bytes = dst.cols * dst.element_bytes();
     for (std::int64_t r = 0; r < dst.rows; ++r) {
       std::memcpy(dst.data + r * dst.stride * dst.element_bytes(),
-                  staged.data() + r * row_bytes, static_cast<std::size_t>(row_bytes));
+                  staged.data() + r * row_bytes,
+                  static_cast<std::size_t>(row_bytes));
     }
   }
 
@@ -269,15 +327,20 @@ class SafetensorsFile {
   }
   const Entry& entry(std::string_view name, const char* op) const {
     const Entry* e = find(name);
-    MMSPARSE_CHECK(e != nullptr, op, detail::st_arg(path_, name, "name"), "a tensor of the file",
+    MMSPARSE_CHECK(e != nullptr,
+                   op,
+                   detail::st_arg(path_, name, "name"),
+                   "a tensor of the file",
                    "no such tensor");
     return *e;
   }
 
-  [[noreturn]] void fail(std::string_view name, std::string_view field, const std::string& expected,
-            const std::string& actual) const {
-    throw Error(detail::format_error("SafetensorsFile", detail::st_arg(path_, name, field),
-                                     expected, actual));
+  [[noreturn]] void fail(std::string_view name,
+                         std::string_view field,
+                         const std::string& expected,
+                         const std::string& actual) const {
+    throw Error(detail::format_error(
+        "SafetensorsFile", detail::st_arg(path_, name, field), expected, actual));
   }
 
   void parse() {
@@ -288,12 +351,15 @@ class SafetensorsFile {
     }
     const auto file_size = static_cast<std::int64_t>(size);
     if (file_size < 8) {
-      fail("", "header length", "an 8-byte header length field",
+      fail("",
+           "header length",
+           "an 8-byte header length field",
            "a file of " + std::to_string(file_size) + " bytes");
     }
     std::ifstream in(path_, std::ios::binary);
     if (!in.good()) {
-      fail("", "file", "a readable file", std::error_code(errno, std::generic_category()).message());
+      fail(
+          "", "file", "a readable file", std::error_code(errno, std::generic_category()).message());
     }
     std::array<unsigned char, 8> len_bytes{};
     in.read(reinterpret_cast<char*>(len_bytes.data()), 8);
@@ -303,7 +369,8 @@ class SafetensorsFile {
     }
     const auto room = static_cast<std::uint64_t>(file_size - 8);
     if (n > room || n > static_cast<std::uint64_t>(max_header_bytes)) {
-      fail("", "header length",
+      fail("",
+           "header length",
            "at most " + std::to_string(std::min<std::uint64_t>(room, max_header_bytes)) +
                " bytes (what the file holds after the length field)",
            std::to_string(n));
@@ -321,8 +388,7 @@ class SafetensorsFile {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(
-          header,
-          [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+          header, [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
             if (depth == 1 && event == nlohmann::json::parse_event_t::key) {
               top_keys.push_back(parsed.get<std::string>());
             }
@@ -366,25 +432,32 @@ class SafetensorsFile {
     const Entry* prev = nullptr;
     for (const auto& e : entries_) {
       if (e.begin < at) {
-        fail(e.name, "data_offsets",
+        fail(e.name,
+             "data_offsets",
              "a range after tensor '" + prev->name + "' (ends at " + std::to_string(at) + ")",
              "[" + std::to_string(e.begin) + ", " + std::to_string(e.end) + "), which overlaps it");
       }
       if (e.begin > at) {
-        fail(e.name, "data_offsets", "a range starting at " + std::to_string(at) +
-                                         " (no unindexed bytes in the data section)",
+        fail(e.name,
+             "data_offsets",
+             "a range starting at " + std::to_string(at) +
+                 " (no unindexed bytes in the data section)",
              "a start at " + std::to_string(e.begin));
       }
       at = e.end;
       prev = &e;
     }
     if (at != data_size) {
-      fail("", "data section", std::to_string(at) + " bytes (the end of the last tensor)",
+      fail("",
+           "data section",
+           std::to_string(at) + " bytes (the end of the last tensor)",
            std::to_string(data_size) + " bytes");
     }
   }
 
-  Entry parse_entry(const std::string& name, const nlohmann::json& v, std::int64_t data_size) const {
+  Entry parse_entry(const std::string& name,
+                    const nlohmann::json& v,
+                    std::int64_t data_size) const {
     if (!v.is_object()) {
       fail(name, "entry", "an object {dtype, shape, data_offsets}", v.type_name());
     }
@@ -396,7 +469,9 @@ class SafetensorsFile {
     }
     const auto parsed = parse_safetensors_dtype(dt->get<std::string>());
     if (!parsed) {
-      fail(name, "dtype", "a safetensors dtype (F32, F64, BF16, I32, ...)",
+      fail(name,
+           "dtype",
+           "a safetensors dtype (F32, F64, BF16, I32, ...)",
            "\"" + dt->get<std::string>() + "\"");
     }
     e.dtype = *parsed;
@@ -418,7 +493,9 @@ class SafetensorsFile {
     const auto off = v.find("data_offsets");
     if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
         !(*off)[1].is_number_unsigned()) {
-      fail(name, "data_offsets", "[begin, end] with non-negative integers",
+      fail(name,
+           "data_offsets",
+           "[begin, end] with non-negative integers",
            off == v.end() ? "none" : off->dump());
     }
     const auto b = (*off)[0].get<std::uint64_t>();
@@ -427,7 +504,8 @@ class SafetensorsFile {
       fail(name, "data_offsets", "begin <= end", off->dump());
     }
     if (en > static_cast<std::uint64_t>(data_size)) {
-      fail(name, "data_offsets",
+      fail(name,
+           "data_offsets",
            "a range inside the data section of " + std::to_string(data_size) + " bytes",
            off->dump());
     }
@@ -435,7 +513,8 @@ class SafetensorsFile {
     e.end = static_cast<std::int64_t>(en);
     const auto bytes = detail::checked_mul(count, safetensors_dtype_bytes(e.dtype));
     if (overflow || !bytes || *bytes != e.end - e.begin) {
-      fail(name, "data_offsets",
+      fail(name,
+           "data_offsets",
            "end - begin = " +
                (overflow || !bytes ? std::string("(overflow)") : std::to_string(*bytes)) +
                " bytes (shape " + detail::shape_string(e.shape) + " of " +
@@ -482,14 +561,19 @@ inline void save_safetensors(const std::string& path,
   constexpr const char* op = "save_safetensors";
   std::vector<std::string> names;
   for (const auto& t : tensors) {
-    MMSPARSE_CHECK(!t.name.empty() && t.name != "__metadata__", op,
+    MMSPARSE_CHECK(!t.name.empty() && t.name != "__metadata__",
+                   op,
                    detail::st_arg(path, t.name, "name"),
-                   "a non-empty name other than __metadata__", "\"" + t.name + "\"");
+                   "a non-empty name other than __metadata__",
+                   "\"" + t.name + "\"");
     names.push_back(t.name);
   }
   std::sort(names.begin(), names.end());
   const auto dup = std::adjacent_find(names.begin(), names.end());
-  MMSPARSE_CHECK(dup == names.end(), op, detail::st_arg(path, *dup, "name"), "a name used once",
+  MMSPARSE_CHECK(dup == names.end(),
+                 op,
+                 detail::st_arg(path, *dup, "name"),
+                 "a name used once",
                  "a duplicate");
 
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
@@ -509,7 +593,10 @@ inline void save_safetensors(const std::string& path,
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    MMSPARSE_CHECK(out.good(), op, path, "a writable file",
+    MMSPARSE_CHECK(out.good(),
+                   op,
+                   path,
+                   "a writable file",
                    std::error_code(errno, std::generic_category()).message());
     std::array<char, 8> len{};
     auto n = static_cast<std::uint64_t>(text.size());

@@ -3,7 +3,8 @@
 // What a dispatch scheme is (DESIGN.md "dispatch"): a policy that lays the slots of a RoutingPlan
 // out as the rows of an expert buffer, a DispatchLayout: per row the plan slot it holds (-1: none)
 // and the token it reads (-1: padding), per expert a segment of rows. Gates follow the slots, and
-// gather, expert GEMMs, gate-weighted scatter-add and the backward are shared (dispatch/layout.hpp).
+// gather, expert GEMMs, gate-weighted scatter-add and the backward are shared
+// (dispatch/layout.hpp).
 #pragma once
 
 #include <concepts>
@@ -23,11 +24,15 @@ struct DispatchLayout {
   Span<W, Space> gate;                // [R] gate of each row (0: padding or unselected)
   Span<std::int32_t, Space> slot;     // [R] plan slot of each row (-1: none)
 
-  [[nodiscard]] std::int64_t rows() const { return token.size; }
+  [[nodiscard]] std::int64_t rows() const {
+    return token.size;
+  }
   [[nodiscard]] std::int64_t experts() const {
     return static_cast<std::int64_t>(offsets.size()) - 1;
   }
-  [[nodiscard]] SegmentOffsets segments() const { return offsets; }
+  [[nodiscard]] SegmentOffsets segments() const {
+    return offsets;
+  }
 };
 
 template <backend B>
@@ -39,17 +44,13 @@ using layout_t = DispatchLayout<router_scalar_t<B>, typename B::space>;
 //   layout(b, layout, plan)          fills layout.offsets, layout.slot and layout.token (arrays
 //                                    of rows(plan) entries); make_layout adds the gates
 template <class D, class B>
-concept dispatch_scheme_for =
-    backend<B> && requires(const D& d,
-                           B& b,
-                           const plan_t<B>& plan,
-                           layout_t<B>& layout,
-                           std::int64_t n) {
-      typename D::Config;
-      { D::name } -> std::convertible_to<std::string_view>;
-      { d.rows(plan) } -> std::same_as<std::int64_t>;
-      { d.max_rows(n, n, n) } -> std::same_as<std::int64_t>;
-      d.layout(b, layout, plan);
-    };
+concept dispatch_scheme_for = backend<B> &&
+    requires(const D& d, B& b, const plan_t<B>& plan, layout_t<B>& layout, std::int64_t n) {
+  typename D::Config;
+  { D::name } -> std::convertible_to<std::string_view>;
+  { d.rows(plan) } -> std::same_as<std::int64_t>;
+  { d.max_rows(n, n, n) } -> std::same_as<std::int64_t>;
+  d.layout(b, layout, plan);
+};
 
 }  // namespace mmsparse

@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <vector>
 
-#include <mmsparse/core/error.hpp>
 #include <mmsparse/backend/concepts.hpp>
+#include <mmsparse/core/error.hpp>
 #include <mmsparse/dispatch/concepts.hpp>
 #include <mmsparse/routing/concepts.hpp>
 
@@ -41,7 +41,10 @@ template <class D, backend B>
 void make_layout(B& b, layout_t<B>& layout, const D& scheme, const plan_t<B>& plan) {
   const std::int64_t rows = scheme.rows(plan);
   MMSPARSE_CHECK(layout.token.size == rows && layout.gate.size == rows && layout.slot.size == rows,
-                 "make_layout", "layout", rows, layout.token.size);
+                 "make_layout",
+                 "layout",
+                 rows,
+                 layout.token.size);
   scheme.layout(b, layout, plan);
   MMSPARSE_ASSERT(static_cast<std::int64_t>(layout.offsets.size()) == plan.num_experts + 1);
   MMSPARSE_ASSERT(layout.offsets.back() == rows);
@@ -68,7 +71,9 @@ void dispatch_combine(B& b,
   using T = typename B::scalar;
   using S = typename B::space;
   b.fill(y, T{});
-  b.scatter_add_rows(y, o, Span<const std::int32_t, S>(layout.token),
+  b.scatter_add_rows(y,
+                     o,
+                     Span<const std::int32_t, S>(layout.token),
                      Span<const router_scalar_t<B>, S>(layout.gate));
 }
 
@@ -99,7 +104,9 @@ void dispatch_gather_backward(B& b,
                               View<typename B::scalar, typename B::space> dx,
                               View<const typename B::scalar, typename B::space> dxg,
                               const layout_t<B>& layout) {
-  b.scatter_add_rows(dx, dxg, Span<const std::int32_t, typename B::space>(layout.token),
+  b.scatter_add_rows(dx,
+                     dxg,
+                     Span<const std::int32_t, typename B::space>(layout.token),
                      Span<const router_scalar_t<B>, typename B::space>());
 }
 

@@ -11,8 +11,8 @@
 #include <string_view>
 #include <vector>
 
-#include <mmsparse/core/error.hpp>
 #include <mmsparse/backend/cpu/backend.hpp>
+#include <mmsparse/core/error.hpp>
 #include <mmsparse/dispatch/concepts.hpp>
 #include <mmsparse/dispatch/layout.hpp>
 #include <mmsparse/routing/plan.hpp>
@@ -31,8 +31,8 @@ struct PaddedCapacity {
   // router's decision (its capacity factor), never the dispatch's.
   template <class W, class Space>
   [[nodiscard]] std::int64_t capacity(const RoutingPlan<W, Space>& plan) const {
-    MMSPARSE_CHECK(cfg.capacity >= 0, "PaddedCapacity", "capacity", ">= 0 (0: automatic)",
-                   cfg.capacity);
+    MMSPARSE_CHECK(
+        cfg.capacity >= 0, "PaddedCapacity", "capacity", ">= 0 (0: automatic)", cfg.capacity);
     std::int64_t largest = 0;
     for (std::int64_t e = 0; e < plan.num_experts; ++e) {
       largest = std::max(largest, plan.tokens_of(e));
@@ -40,8 +40,11 @@ struct PaddedCapacity {
     if (cfg.capacity == 0) {
       return largest;
     }
-    MMSPARSE_CHECK(cfg.capacity >= largest, "PaddedCapacity", "capacity",
-                   ">= the largest expert segment " + std::to_string(largest), cfg.capacity);
+    MMSPARSE_CHECK(cfg.capacity >= largest,
+                   "PaddedCapacity",
+                   "capacity",
+                   ">= the largest expert segment " + std::to_string(largest),
+                   cfg.capacity);
     return cfg.capacity;
   }
   template <class W, class Space>
@@ -62,8 +65,10 @@ struct PaddedCapacity {
       layout.offsets[static_cast<std::size_t>(e)] = e * c;
     }
     b.pad_segments(layout.slot, layout.offsets, plan.offsets);
-    b.gather_values(layout.token, plan.tokens(),
-                    Span<const std::int32_t, typename B::space>(layout.slot), std::int32_t{-1});
+    b.gather_values(layout.token,
+                    plan.tokens(),
+                    Span<const std::int32_t, typename B::space>(layout.slot),
+                    std::int32_t{-1});
   }
 };
 

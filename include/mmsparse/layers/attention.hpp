@@ -15,11 +15,11 @@
 #include <utility>
 #include <vector>
 
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/modality.hpp>
 #include <mmsparse/core/rng.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/layers/linear.hpp>
 #include <mmsparse/layers/norm.hpp>
 #include <mmsparse/layers/rope.hpp>
@@ -35,12 +35,16 @@ struct AttentionConfig {
   std::int64_t head_dim = 0;  // 0: d / heads
   QkNorm qk_norm = QkNorm::none;
   double norm_eps = 1e-5;
-  double rope_theta = 10000.0;     // 0: no rotary embedding
-  std::int64_t query_tile = 128;   // query rows per score block [tile, keys] of CoreAttention
-  std::uint64_t seed = 0;          // weight initialisation
+  double rope_theta = 10000.0;    // 0: no rotary embedding
+  std::int64_t query_tile = 128;  // query rows per score block [tile, keys] of CoreAttention
+  std::uint64_t seed = 0;         // weight initialisation
 
-  [[nodiscard]] std::int64_t q_width() const { return heads * head_dim; }
-  [[nodiscard]] std::int64_t kv_width() const { return kv_heads * head_dim; }
+  [[nodiscard]] std::int64_t q_width() const {
+    return heads * head_dim;
+  }
+  [[nodiscard]] std::int64_t kv_width() const {
+    return kv_heads * head_dim;
+  }
 };
 
 // The config with its defaults filled in (kv_heads, head_dim), validated; errors name `op`.
@@ -50,17 +54,27 @@ struct AttentionConfig {
   if (cfg.kv_heads == 0) {
     cfg.kv_heads = cfg.heads;
   }
-  MMSPARSE_CHECK(cfg.kv_heads > 0 && cfg.heads % cfg.kv_heads == 0, op, "kv_heads",
-                 "a divisor of heads = " + std::to_string(cfg.heads), cfg.kv_heads);
+  MMSPARSE_CHECK(cfg.kv_heads > 0 && cfg.heads % cfg.kv_heads == 0,
+                 op,
+                 "kv_heads",
+                 "a divisor of heads = " + std::to_string(cfg.heads),
+                 cfg.kv_heads);
   if (cfg.head_dim == 0) {
-    MMSPARSE_CHECK(cfg.d % cfg.heads == 0, op, "d", "a multiple of heads = " +
-                   std::to_string(cfg.heads) + " (or an explicit head_dim)", cfg.d);
+    MMSPARSE_CHECK(
+        cfg.d % cfg.heads == 0,
+        op,
+        "d",
+        "a multiple of heads = " + std::to_string(cfg.heads) + " (or an explicit head_dim)",
+        cfg.d);
     cfg.head_dim = cfg.d / cfg.heads;
   }
   MMSPARSE_CHECK(cfg.head_dim > 0, op, "head_dim", "> 0", cfg.head_dim);
   MMSPARSE_CHECK(cfg.rope_theta >= 0.0, op, "rope_theta", ">= 0 (0: no RoPE)", cfg.rope_theta);
-  MMSPARSE_CHECK(cfg.rope_theta == 0.0 || cfg.head_dim % 2 == 0, op, "head_dim",
-                 "an even number (RoPE rotates pairs)", cfg.head_dim);
+  MMSPARSE_CHECK(cfg.rope_theta == 0.0 || cfg.head_dim % 2 == 0,
+                 op,
+                 "head_dim",
+                 "an even number (RoPE rotates pairs)",
+                 cfg.head_dim);
   MMSPARSE_CHECK(cfg.norm_eps > 0.0, op, "norm_eps", "> 0", cfg.norm_eps);
   MMSPARSE_CHECK(cfg.query_tile > 0, op, "query_tile", "> 0", cfg.query_tile);
   return cfg;
@@ -98,14 +112,22 @@ struct AttentionMask {
 [[nodiscard]] inline std::vector<std::int32_t> attention_key_limits(const AttentionMask& mask,
                                                                     std::int64_t tokens,
                                                                     const char* op) {
-  MMSPARSE_CHECK(mask.seq_len > 0 && mask.seq_len <= INT32_MAX, op, "mask.seq_len",
-                 "a sequence length in [1, 2^31)", mask.seq_len);
-  MMSPARSE_CHECK(tokens % mask.seq_len == 0, op, "tokens",
-                 "a multiple of mask.seq_len = " + std::to_string(mask.seq_len), tokens);
+  MMSPARSE_CHECK(mask.seq_len > 0 && mask.seq_len <= INT32_MAX,
+                 op,
+                 "mask.seq_len",
+                 "a sequence length in [1, 2^31)",
+                 mask.seq_len);
+  MMSPARSE_CHECK(tokens % mask.seq_len == 0,
+                 op,
+                 "tokens",
+                 "a multiple of mask.seq_len = " + std::to_string(mask.seq_len),
+                 tokens);
   const bool spans = mask.kind == MaskKind::image_bidirectional;
   if (spans) {
-    MMSPARSE_CHECK(static_cast<std::int64_t>(mask.modality.size()) == tokens, op,
-                   "mask.modality", "one id per token (" + std::to_string(tokens) + ")",
+    MMSPARSE_CHECK(static_cast<std::int64_t>(mask.modality.size()) == tokens,
+                   op,
+                   "mask.modality",
+                   "one id per token (" + std::to_string(tokens) + ")",
                    mask.modality.size());
   }
   const std::int64_t seq = mask.seq_len;
@@ -194,11 +216,21 @@ void attention_rows_forward(B& b,
     auto lim = limit.subspan(t0, rows);
     for (std::int64_t h = 0; h < cfg.heads; ++h) {
       const std::int64_t g = h / group;
-      b.gemm(p, q_t.col_block(h * dh, dh), Trans::no, k.row_block(0, kc).col_block(g * dh, dh),
-             Trans::yes, 1.0, 0.0);
+      b.gemm(p,
+             q_t.col_block(h * dh, dh),
+             Trans::no,
+             k.row_block(0, kc).col_block(g * dh, dh),
+             Trans::yes,
+             1.0,
+             0.0);
       b.masked_softmax_rows(p, cview(p), lim, scale);
-      b.gemm(o_t.col_block(h * dh, dh), cview(p), Trans::no,
-             v.row_block(0, kc).col_block(g * dh, dh), Trans::no, 1.0, 0.0);
+      b.gemm(o_t.col_block(h * dh, dh),
+             cview(p),
+             Trans::no,
+             v.row_block(0, kc).col_block(g * dh, dh),
+             Trans::no,
+             1.0,
+             0.0);
     }
   }
 }
@@ -251,12 +283,22 @@ void attention_rows_backward(B& b,
       b.gemm(p, q_h, Trans::no, k_g, Trans::yes, 1.0, 0.0);
       b.masked_softmax_rows(p, cview(p), lim, scale);
       b.gemm(dp, do_h, Trans::no, v_g, Trans::yes, 1.0, 0.0);
-      b.gemm(dv.row_block(0, kc).col_block(g * dh, dh), cview(p), Trans::yes, do_h, Trans::no,
-             1.0, 1.0);
+      b.gemm(dv.row_block(0, kc).col_block(g * dh, dh),
+             cview(p),
+             Trans::yes,
+             do_h,
+             Trans::no,
+             1.0,
+             1.0);
       b.masked_softmax_rows_backward(dp, cview(p), cview(dp), lim, scale);
       b.gemm(dq_t.col_block(h * dh, dh), cview(dp), Trans::no, k_g, Trans::no, 1.0, 1.0);
-      b.gemm(dk.row_block(0, kc).col_block(g * dh, dh), cview(dp), Trans::yes, q_h, Trans::no,
-             1.0, 1.0);
+      b.gemm(dk.row_block(0, kc).col_block(g * dh, dh),
+             cview(dp),
+             Trans::yes,
+             q_h,
+             Trans::no,
+             1.0,
+             1.0);
     }
   }
 }
@@ -302,7 +344,9 @@ class CoreAttention {
   explicit CoreAttention(AttentionConfig cfg)
       : cfg_(resolve_attention_config(cfg, "CoreAttention")) {}
 
-  [[nodiscard]] const AttentionConfig& config() const { return cfg_; }
+  [[nodiscard]] const AttentionConfig& config() const {
+    return cfg_;
+  }
 
   // out [N, H·dh] = attention(q, k, v); inference: nothing is kept.
   void forward(B& b,
@@ -321,8 +365,14 @@ class CoreAttention {
     b.copy_from_host(lim, std::span<const std::int32_t>(host_limits));
     detail::rope_or_copy(b, cfg_, qr, q, positions);
     detail::rope_or_copy(b, cfg_, kr, k, positions);
-    run(b, out, detail::cview(qr), detail::cview(kr), v, Span<const std::int32_t, S>(lim),
-        host_limits, mask.seq_len);
+    run(b,
+        out,
+        detail::cview(qr),
+        detail::cview(kr),
+        v,
+        Span<const std::int32_t, S>(lim),
+        host_limits,
+        mask.seq_len);
   }
 
   // Training forward: as forward, and keeps what backward needs in `saved`.
@@ -350,8 +400,13 @@ class CoreAttention {
     saved.seq_len = mask.seq_len;
     detail::rope_or_copy(b, cfg_, saved.q.view(), q, positions);
     detail::rope_or_copy(b, cfg_, saved.k.view(), k, positions);
-    run(b, out, std::as_const(saved.q).view(), std::as_const(saved.k).view(),
-        std::as_const(saved.v).view(), std::as_const(saved.limits).span(), saved.host_limits,
+    run(b,
+        out,
+        std::as_const(saved.q).view(),
+        std::as_const(saved.k).view(),
+        std::as_const(saved.v).view(),
+        std::as_const(saved.limits).span(),
+        saved.host_limits,
         saved.seq_len);
     saved.valid = true;
   }
@@ -379,10 +434,16 @@ class CoreAttention {
     const auto limits = saved.limits.span();
     for (std::int64_t s = 0; s < n / seq; ++s) {
       detail::attention_rows_backward(
-          b, cfg_, dqr.row_block(s * seq, seq), dkr.row_block(s * seq, seq),
-          dv.row_block(s * seq, seq), dout.row_block(s * seq, seq),
-          saved.q.view().row_block(s * seq, seq), saved.k.view().row_block(s * seq, seq),
-          saved.v.view().row_block(s * seq, seq), limits.subspan(s * seq, seq),
+          b,
+          cfg_,
+          dqr.row_block(s * seq, seq),
+          dkr.row_block(s * seq, seq),
+          dv.row_block(s * seq, seq),
+          dout.row_block(s * seq, seq),
+          saved.q.view().row_block(s * seq, seq),
+          saved.k.view().row_block(s * seq, seq),
+          saved.v.view().row_block(s * seq, seq),
+          limits.subspan(s * seq, seq),
           std::span<const std::int32_t>(saved.host_limits).subspan(s * seq, seq));
     }
     const auto positions = saved.positions.span();
@@ -436,8 +497,11 @@ class CoreAttention {
     check_shape(op, "k", k.shape(), {n, cfg_.kv_width()});
     check_shape(op, "v", v.shape(), {n, cfg_.kv_width()});
     check_shape(op, "out", out.shape(), {n, cfg_.q_width()});
-    MMSPARSE_CHECK(positions.size == n, op, "positions", "one position per token (" +
-                   std::to_string(n) + ")", positions.size);
+    MMSPARSE_CHECK(positions.size == n,
+                   op,
+                   "positions",
+                   "one position per token (" + std::to_string(n) + ")",
+                   positions.size);
     return attention_key_limits(mask, n, op);
   }
   void run(B& b,
@@ -449,9 +513,13 @@ class CoreAttention {
            std::span<const std::int32_t> host_limits,
            std::int64_t seq) const {
     for (std::int64_t s = 0; s < q.rows / seq; ++s) {
-      detail::attention_rows_forward(b, cfg_, out.row_block(s * seq, seq),
-                                     q.row_block(s * seq, seq), k.row_block(s * seq, seq),
-                                     v.row_block(s * seq, seq), limits.subspan(s * seq, seq),
+      detail::attention_rows_forward(b,
+                                     cfg_,
+                                     out.row_block(s * seq, seq),
+                                     q.row_block(s * seq, seq),
+                                     k.row_block(s * seq, seq),
+                                     v.row_block(s * seq, seq),
+                                     limits.subspan(s * seq, seq),
                                      host_limits.subspan(s * seq, seq));
     }
   }
@@ -522,8 +590,12 @@ class QkvProjection {
     }
   }
 
-  [[nodiscard]] const AttentionConfig& config() const { return cfg_; }
-  [[nodiscard]] Weights weights() const { return weights_; }
+  [[nodiscard]] const AttentionConfig& config() const {
+    return cfg_;
+  }
+  [[nodiscard]] Weights weights() const {
+    return weights_;
+  }
 
   // Names and shapes of the parameters, in Weights order (norm entries only when used).
   [[nodiscard]] static std::vector<std::pair<std::string, Shape>> parameter_shapes(
@@ -579,12 +651,8 @@ class QkvProjection {
   }
 
   // Training forward: as forward, and keeps what backward needs in `saved`.
-  void forward(B& b,
-               View<const T, S> x,
-               View<T, S> q,
-               View<T, S> k,
-               View<T, S> v,
-               Saved& saved) const {
+  void forward(
+      B& b, View<const T, S> x, View<T, S> q, View<T, S> k, View<T, S> v, Saved& saved) const {
     check_io("QkvProjection::forward", x, q, k, v);
     const std::int64_t n = x.rows;
     saved.valid = false;
@@ -603,10 +671,20 @@ class QkvProjection {
     reshape(saved.k_mean, n * cfg_.kv_heads, 1);
     reshape(saved.k_rstd, n * cfg_.kv_heads, 1);
     project(b, xs, saved.q_raw.view(), saved.k_raw.view(), v);
-    normalize(b, q, saved.q_raw.view(), weights_.q_norm, weights_.q_norm_bias,
-              saved.q_mean.span(), saved.q_rstd.span());
-    normalize(b, k, saved.k_raw.view(), weights_.k_norm, weights_.k_norm_bias,
-              saved.k_mean.span(), saved.k_rstd.span());
+    normalize(b,
+              q,
+              saved.q_raw.view(),
+              weights_.q_norm,
+              weights_.q_norm_bias,
+              saved.q_mean.span(),
+              saved.q_rstd.span());
+    normalize(b,
+              k,
+              saved.k_raw.view(),
+              weights_.k_norm,
+              weights_.k_norm_bias,
+              saved.k_mean.span(),
+              saved.k_rstd.span());
     saved.valid = true;
   }
 
@@ -625,8 +703,8 @@ class QkvProjection {
     check_shape(op, "dq", dq.shape(), {n, cfg_.q_width()});
     check_shape(op, "dk", dk.shape(), {n, cfg_.kv_width()});
     check_shape(op, "dv", dv.shape(), {n, cfg_.kv_width()});
-    MMSPARSE_CHECK(dx.rows == 0 || dx.shape() == (Shape{n, cfg_.d}), op, "dx",
-                   (Shape{n, cfg_.d}), dx.shape());
+    MMSPARSE_CHECK(
+        dx.rows == 0 || dx.shape() == (Shape{n, cfg_.d}), op, "dx", (Shape{n, cfg_.d}), dx.shape());
     check_weights(op, grads, "grads.");
     const View<const T, S> x = saved.x.view();
     const View<T, S> none;
@@ -637,14 +715,33 @@ class QkvProjection {
     } else {
       auto dq_raw = b.workspace().template take<T>(n, cfg_.q_width());   // [n, H·dh]
       auto dk_raw = b.workspace().template take<T>(n, cfg_.kv_width());  // [n, Hkv·dh]
-      normalize_backward(b, dq_raw, grads.q_norm, grads.q_norm_bias, dq, saved.q_raw.view(),
-                         weights_.q_norm, saved.q_mean.span(), saved.q_rstd.span());
-      normalize_backward(b, dk_raw, grads.k_norm, grads.k_norm_bias, dk, saved.k_raw.view(),
-                         weights_.k_norm, saved.k_mean.span(), saved.k_rstd.span());
+      normalize_backward(b,
+                         dq_raw,
+                         grads.q_norm,
+                         grads.q_norm_bias,
+                         dq,
+                         saved.q_raw.view(),
+                         weights_.q_norm,
+                         saved.q_mean.span(),
+                         saved.q_rstd.span());
+      normalize_backward(b,
+                         dk_raw,
+                         grads.k_norm,
+                         grads.k_norm_bias,
+                         dk,
+                         saved.k_raw.view(),
+                         weights_.k_norm,
+                         saved.k_mean.span(),
+                         saved.k_rstd.span());
       linear_backward(b, dx, grads.wq, none, cview(dq_raw), x, cview(weights_.wq));
       linear_backward(b, dx, grads.wk, none, cview(dk_raw), x, cview(weights_.wk));
     }
     linear_backward(b, dx, grads.wv, none, dv, x, cview(weights_.wv));
+  }
+
+  // Throws unless `grads` fits backward (each view the weight's shape, or 0 rows: skipped).
+  void check_gradients(const char* op, const Weights& grads) const {
+    check_weights(op, grads, "grads.");
   }
 
   // FLOPs of the three projections over `tokens` tokens.
@@ -653,8 +750,12 @@ class QkvProjection {
   }
 
  private:
-  static View<const T, S> cview(View<T, S> v) { return v; }
-  static View<const T, S> cview(View<const T, S> v) { return v; }
+  static View<const T, S> cview(View<T, S> v) {
+    return v;
+  }
+  static View<const T, S> cview(View<const T, S> v) {
+    return v;
+  }
   static void check_shape(const char* op, const std::string& arg, Shape got, Shape expected) {
     MMSPARSE_CHECK(got == expected, op, arg, expected, got);
   }
@@ -681,15 +782,15 @@ class QkvProjection {
     const std::int64_t dh = cfg_.head_dim;
     const bool grads = !prefix.empty();
     auto need = [&](const View<T, S>& v, const char* name, Shape expected) {
-      MMSPARSE_CHECK(v.shape() == expected || (grads && v.rows == 0), op, prefix + name,
-                     expected, v.shape());
+      MMSPARSE_CHECK(
+          v.shape() == expected || (grads && v.rows == 0), op, prefix + name, expected, v.shape());
     };
     auto opt = [&](const View<T, S>& v, const char* name, bool used) {
       if (used) {
         need(v, name, {1, dh});
       } else {
-        MMSPARSE_CHECK(v.empty(), op, prefix + name, "an empty view (not used by this qk_norm)",
-                       v.shape());
+        MMSPARSE_CHECK(
+            v.empty(), op, prefix + name, "an empty view (not used by this qk_norm)", v.shape());
       }
     };
     need(w.wq, "wq", {d, cfg_.q_width()});
@@ -702,13 +803,10 @@ class QkvProjection {
     opt(w.q_norm_bias, "q_norm_bias", bias);
     opt(w.k_norm_bias, "k_norm_bias", bias);
   }
-  void check_io(const char* op,
-                View<const T, S> x,
-                View<T, S> q,
-                View<T, S> k,
-                View<T, S> v) const {
-    MMSPARSE_CHECK(x.cols == cfg_.d, op, "x", "shape [n, " + std::to_string(cfg_.d) + "]",
-                   x.shape());
+  void check_io(
+      const char* op, View<const T, S> x, View<T, S> q, View<T, S> k, View<T, S> v) const {
+    MMSPARSE_CHECK(
+        x.cols == cfg_.d, op, "x", "shape [n, " + std::to_string(cfg_.d) + "]", x.shape());
     check_shape(op, "q", q.shape(), {x.rows, cfg_.q_width()});
     check_shape(op, "k", k.shape(), {x.rows, cfg_.kv_width()});
     check_shape(op, "v", v.shape(), {x.rows, cfg_.kv_width()});
@@ -735,8 +833,8 @@ class QkvProjection {
     if (cfg_.qk_norm == QkNorm::rms_norm) {
       rms_norm_forward(b, detail::per_head(dst, dh), rstd, x_h, cview(w), cfg_.norm_eps);
     } else {
-      layer_norm_forward(b, detail::per_head(dst, dh), mean, rstd, x_h, cview(w), cview(bias),
-                         cfg_.norm_eps);
+      layer_norm_forward(
+          b, detail::per_head(dst, dh), mean, rstd, x_h, cview(w), cview(bias), cfg_.norm_eps);
     }
     if (dst.data != y.data) {
       b.copy(y, cview(dst));
@@ -777,8 +875,8 @@ class QkvProjection {
         db_use = b.workspace().template take<T>(1, dh);
         b.fill(db_use, T{});
       }
-      layer_norm_backward(b, detail::per_head(draw, dh), dw_use, db_use, dy_h, x_h, cview(w),
-                          mean, rstd);
+      layer_norm_backward(
+          b, detail::per_head(draw, dh), dw_use, db_use, dy_h, x_h, cview(w), mean, rstd);
     }
   }
 
@@ -815,8 +913,12 @@ class OutProjection {
     weights_ = {wo_.view()};
   }
 
-  [[nodiscard]] const AttentionConfig& config() const { return cfg_; }
-  [[nodiscard]] Weights weights() const { return weights_; }
+  [[nodiscard]] const AttentionConfig& config() const {
+    return cfg_;
+  }
+  [[nodiscard]] Weights weights() const {
+    return weights_;
+  }
   [[nodiscard]] static std::vector<std::pair<std::string, Shape>> parameter_shapes(
       AttentionConfig cfg) {
     cfg = resolve_attention_config(cfg, "OutProjection::parameter_shapes");
@@ -848,12 +950,15 @@ class OutProjection {
     MMSPARSE_CHECK(saved.valid, op, "saved", "the context of a training forward", "none");
     const std::int64_t n = saved.a.rows();
     MMSPARSE_CHECK(dy.shape() == (Shape{n, cfg_.d}), op, "dy", (Shape{n, cfg_.d}), dy.shape());
-    MMSPARSE_CHECK(da.rows == 0 || da.shape() == saved.a.shape(), op, "da", saved.a.shape(),
-                   da.shape());
-    MMSPARSE_CHECK(grads.wo.rows == 0 || grads.wo.shape() == weights_.wo.shape(), op, "grads.wo",
-                   weights_.wo.shape(), grads.wo.shape());
-    linear_backward(b, da, grads.wo, View<T, S>{}, dy, saved.a.view(),
-                    View<const T, S>(weights_.wo));
+    MMSPARSE_CHECK(
+        da.rows == 0 || da.shape() == saved.a.shape(), op, "da", saved.a.shape(), da.shape());
+    MMSPARSE_CHECK(grads.wo.rows == 0 || grads.wo.shape() == weights_.wo.shape(),
+                   op,
+                   "grads.wo",
+                   weights_.wo.shape(),
+                   grads.wo.shape());
+    linear_backward(
+        b, da, grads.wo, View<T, S>{}, dy, saved.a.view(), View<const T, S>(weights_.wo));
   }
   [[nodiscard]] double flops(std::int64_t tokens) const {
     return 2.0 * static_cast<double>(tokens * cfg_.q_width() * cfg_.d);
@@ -861,14 +966,20 @@ class OutProjection {
 
  private:
   void check_wo(const char* op, const char* arg, View<T, S> wo) const {
-    MMSPARSE_CHECK(wo.shape() == (Shape{cfg_.q_width(), cfg_.d}), op, arg,
-                   (Shape{cfg_.q_width(), cfg_.d}), wo.shape());
+    MMSPARSE_CHECK(wo.shape() == (Shape{cfg_.q_width(), cfg_.d}),
+                   op,
+                   arg,
+                   (Shape{cfg_.q_width(), cfg_.d}),
+                   wo.shape());
   }
   void check_io(const char* op, View<const T, S> a, View<T, S> y) const {
-    MMSPARSE_CHECK(a.cols == cfg_.q_width(), op, "a",
-                   "shape [n, " + std::to_string(cfg_.q_width()) + "]", a.shape());
-    MMSPARSE_CHECK(y.shape() == (Shape{a.rows, cfg_.d}), op, "y", (Shape{a.rows, cfg_.d}),
-                   y.shape());
+    MMSPARSE_CHECK(a.cols == cfg_.q_width(),
+                   op,
+                   "a",
+                   "shape [n, " + std::to_string(cfg_.q_width()) + "]",
+                   a.shape());
+    MMSPARSE_CHECK(
+        y.shape() == (Shape{a.rows, cfg_.d}), op, "y", (Shape{a.rows, cfg_.d}), y.shape());
   }
 
   AttentionConfig cfg_;
@@ -907,10 +1018,18 @@ class Attention {
   explicit Attention(AttentionConfig cfg)
       : cfg_(resolve_attention_config(cfg, "Attention")), qkv_(cfg_), core_(cfg_), out_(cfg_) {}
 
-  [[nodiscard]] const AttentionConfig& config() const { return cfg_; }
-  [[nodiscard]] const Qkv& qkv() const { return qkv_; }
-  [[nodiscard]] const Core& core() const { return core_; }
-  [[nodiscard]] const Out& out() const { return out_; }
+  [[nodiscard]] const AttentionConfig& config() const {
+    return cfg_;
+  }
+  [[nodiscard]] const Qkv& qkv() const {
+    return qkv_;
+  }
+  [[nodiscard]] const Core& core() const {
+    return core_;
+  }
+  [[nodiscard]] const Out& out() const {
+    return out_;
+  }
   [[nodiscard]] Weights weights() const {
     const auto a = qkv_.weights();
     return {a.wq, a.wk, a.wv, out_.weights().wo, a.q_norm, a.q_norm_bias, a.k_norm, a.k_norm_bias};
@@ -923,10 +1042,13 @@ class Attention {
     return shapes;
   }
   void bind(Weights w) {
-    MMSPARSE_CHECK(w.wo.shape() == (Shape{cfg_.q_width(), cfg_.d}), "Attention::bind", "wo",
-                   (Shape{cfg_.q_width(), cfg_.d}), w.wo.shape());  // before anything is bound
-    const typename Qkv::Weights a{w.wq, w.wk, w.wv, w.q_norm, w.q_norm_bias, w.k_norm,
-                                  w.k_norm_bias};
+    MMSPARSE_CHECK(w.wo.shape() == (Shape{cfg_.q_width(), cfg_.d}),
+                   "Attention::bind",
+                   "wo",
+                   (Shape{cfg_.q_width(), cfg_.d}),
+                   w.wo.shape());  // before anything is bound
+    const typename Qkv::Weights a{
+        w.wq, w.wk, w.wv, w.q_norm, w.q_norm_bias, w.k_norm, w.k_norm_bias};
     qkv_.bind(a);
     out_.bind({w.wo});
   }
@@ -969,10 +1091,28 @@ class Attention {
   // dx [N, d] += dL/dx and grads += dL/dW, given dy = dL/dy [N, d].
   void backward(B& b, const Saved& saved, View<const T, S> dy, View<T, S> dx, Weights grads) const {
     constexpr const char* op = "Attention::backward";
-    MMSPARSE_CHECK(saved.out.valid && saved.core.valid && saved.qkv.valid, op, "saved",
-                   "the context of a training forward", "none");
+    MMSPARSE_CHECK(saved.out.valid && saved.core.valid && saved.qkv.valid,
+                   op,
+                   "saved",
+                   "the context of a training forward",
+                   "none");
     const std::int64_t n = saved.out.a.rows();
     MMSPARSE_CHECK(dy.shape() == (Shape{n, cfg_.d}), op, "dy", (Shape{n, cfg_.d}), dy.shape());
+    MMSPARSE_CHECK(
+        dx.rows == 0 || dx.shape() == (Shape{n, cfg_.d}), op, "dx", (Shape{n, cfg_.d}), dx.shape());
+    MMSPARSE_CHECK(grads.wo.rows == 0 || grads.wo.shape() == (Shape{cfg_.q_width(), cfg_.d}),
+                   op,
+                   "grads.wo",
+                   (Shape{cfg_.q_width(), cfg_.d}),
+                   grads.wo.shape());
+    const typename Qkv::Weights qkv_grads{grads.wq,
+                                          grads.wk,
+                                          grads.wv,
+                                          grads.q_norm,
+                                          grads.q_norm_bias,
+                                          grads.k_norm,
+                                          grads.k_norm_bias};
+    qkv_.check_gradients(op, qkv_grads);  // all checks before the first write
     auto frame = b.workspace().frame();
     auto da = b.workspace().template take<T>(n, cfg_.q_width());   // [N, H·dh]
     auto dq = b.workspace().template take<T>(n, cfg_.q_width());   // [N, H·dh]
@@ -984,9 +1124,7 @@ class Attention {
     b.fill(dv, T{});
     out_.backward(b, saved.out, dy, da, {grads.wo});
     core_.backward(b, saved.core, cv(da), dq, dk, dv);
-    qkv_.backward(b, saved.qkv, cv(dq), cv(dk), cv(dv), dx,
-                  {grads.wq, grads.wk, grads.wv, grads.q_norm, grads.q_norm_bias, grads.k_norm,
-                   grads.k_norm_bias});
+    qkv_.backward(b, saved.qkv, cv(dq), cv(dk), cv(dv), dx, qkv_grads);
   }
 
   // FLOPs of a forward: the four projections and the attention over the visible pairs.
@@ -1003,17 +1141,22 @@ class Attention {
   }
 
  private:
-  static View<const T, S> cv(View<T, S> v) { return v; }
+  static View<const T, S> cv(View<T, S> v) {
+    return v;
+  }
   void check_io(const char* op,
                 View<const T, S> x,
                 Span<const std::int32_t, S> positions,
                 const AttentionMask& mask,
                 View<T, S> y) const {
-    MMSPARSE_CHECK(x.cols == cfg_.d, op, "x", "shape [N, " + std::to_string(cfg_.d) + "]",
-                   x.shape());
+    MMSPARSE_CHECK(
+        x.cols == cfg_.d, op, "x", "shape [N, " + std::to_string(cfg_.d) + "]", x.shape());
     MMSPARSE_CHECK(y.shape() == x.shape(), op, "y", x.shape(), y.shape());
-    MMSPARSE_CHECK(positions.size == x.rows, op, "positions",
-                   "one position per token (" + std::to_string(x.rows) + ")", positions.size);
+    MMSPARSE_CHECK(positions.size == x.rows,
+                   op,
+                   "positions",
+                   "one position per token (" + std::to_string(x.rows) + ")",
+                   positions.size);
     (void)attention_key_limits(mask, x.rows, op);  // validates the mask before any work
   }
 

@@ -1,7 +1,7 @@
 // mmsparse/layers/experts.hpp
 //
-// A stack of E SwiGLU experts run over the segments of a row buffer (MoMa §2.2 Eq. 1, Shazeer 2020):
-// rows [offsets[e], offsets[e+1]) go through expert e, o = (silu(x W1_e) ⊙ (x W3_e)) W2_e.
+// A stack of E SwiGLU experts run over the segments of a row buffer (MoMa §2.2 Eq. 1, Shazeer
+// 2020): rows [offsets[e], offsets[e+1]) go through expert e, o = (silu(x W1_e) ⊙ (x W3_e)) W2_e.
 // Weights are stacked: w1, w3 [E*d, f] (expert e owns rows [e*d, (e+1)*d)), w2 [E*f, d].
 // One grouped GEMM per projection; the dense SwiGLU FFN is the E = 1 case.
 #pragma once
@@ -9,10 +9,10 @@
 #include <cstdint>
 #include <type_traits>
 
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/rng.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/backend/concepts.hpp>
 
 namespace mmsparse {
 
@@ -84,8 +84,8 @@ void experts_backward(B& b,
   b.swiglu_backward(da, dg, View<const T, S>(dh), a, g);
   b.grouped_gemm_weight_grad(grads.w1, x, View<const T, S>(da), offsets, 1.0, 1.0);
   b.grouped_gemm_weight_grad(grads.w3, x, View<const T, S>(dg), offsets, 1.0, 1.0);
-  b.grouped_gemm(dx, View<const T, S>(da), w.w1, Trans::yes, offsets, 1.0,
-                 accumulate_dx ? 1.0 : 0.0);
+  b.grouped_gemm(
+      dx, View<const T, S>(da), w.w1, Trans::yes, offsets, 1.0, accumulate_dx ? 1.0 : 0.0);
   b.grouped_gemm(dx, View<const T, S>(dg), w.w3, Trans::yes, offsets, 1.0, 1.0);
 }
 

@@ -13,9 +13,9 @@
 #include <utility>
 #include <vector>
 
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/layers/attention.hpp>
 
 namespace mmsparse {
@@ -43,10 +43,18 @@ class KvCache {
     length_.assign(static_cast<std::size_t>(cfg_.sequences), 0);
   }
 
-  [[nodiscard]] const std::string& name() const { return cfg_.name; }
-  [[nodiscard]] std::int64_t sequences() const { return cfg_.sequences; }
-  [[nodiscard]] std::int64_t capacity() const { return cfg_.capacity; }
-  [[nodiscard]] std::int64_t width() const { return cfg_.width; }
+  [[nodiscard]] const std::string& name() const {
+    return cfg_.name;
+  }
+  [[nodiscard]] std::int64_t sequences() const {
+    return cfg_.sequences;
+  }
+  [[nodiscard]] std::int64_t capacity() const {
+    return cfg_.capacity;
+  }
+  [[nodiscard]] std::int64_t width() const {
+    return cfg_.width;
+  }
   [[nodiscard]] std::int64_t length(std::int64_t seq) const {
     check_sequence("KvCache::length", seq);
     return length_[static_cast<std::size_t>(seq)];
@@ -65,16 +73,18 @@ class KvCache {
   void check_room(const char* op, std::int64_t seq, std::int64_t count) const {
     check_sequence(op, seq);
     const std::int64_t want = length_[static_cast<std::size_t>(seq)] + count;
-    MMSPARSE_CHECK(want <= cfg_.capacity, op,
+    MMSPARSE_CHECK(want <= cfg_.capacity,
+                   op,
                    "cache '" + cfg_.name + "' sequence " + std::to_string(seq) + " length",
-                   "at most its capacity " + std::to_string(cfg_.capacity), want);
+                   "at most its capacity " + std::to_string(cfg_.capacity),
+                   want);
   }
 
   // Appends k, v [n, width] (keys already rotated) to sequence `seq`.
   void append(B& b, std::int64_t seq, View<const T, S> k, View<const T, S> v) {
     constexpr const char* op = "KvCache::append";
-    MMSPARSE_CHECK(k.cols == cfg_.width, op, "k", "[n, " + std::to_string(cfg_.width) + "]",
-                   k.shape());
+    MMSPARSE_CHECK(
+        k.cols == cfg_.width, op, "k", "[n, " + std::to_string(cfg_.width) + "]", k.shape());
     MMSPARSE_CHECK(v.shape() == k.shape(), op, "v", k.shape(), v.shape());
     check_room(op, seq, k.rows);
     auto& len = length_[static_cast<std::size_t>(seq)];
@@ -85,7 +95,9 @@ class KvCache {
   }
 
   // Forgets every sequence (or one): the next append starts at row 0.
-  void reset() { length_.assign(length_.size(), 0); }
+  void reset() {
+    length_.assign(length_.size(), 0);
+  }
   void reset(std::int64_t seq) {
     check_sequence("KvCache::reset", seq);
     length_[static_cast<std::size_t>(seq)] = 0;
@@ -93,9 +105,11 @@ class KvCache {
 
  private:
   void check_sequence(const char* op, std::int64_t seq) const {
-    MMSPARSE_CHECK(seq >= 0 && seq < cfg_.sequences, op,
+    MMSPARSE_CHECK(seq >= 0 && seq < cfg_.sequences,
+                   op,
                    "sequence (of cache '" + cfg_.name + "')",
-                   "an index in [0, " + std::to_string(cfg_.sequences) + ")", seq);
+                   "an index in [0, " + std::to_string(cfg_.sequences) + ")",
+                   seq);
   }
 
   Config cfg_;
@@ -120,16 +134,22 @@ void core_attention_decode(B& b,
   constexpr const char* op = "core_attention_decode";
   const AttentionConfig& cfg = core.config();
   const std::int64_t n = q.rows;
-  MMSPARSE_CHECK(q.cols == cfg.q_width(), op, "q", "[n, " + std::to_string(cfg.q_width()) + "]",
-                 q.shape());
-  MMSPARSE_CHECK(k.shape() == (Shape{n, cfg.kv_width()}), op, "k", (Shape{n, cfg.kv_width()}),
-                 k.shape());
+  MMSPARSE_CHECK(
+      q.cols == cfg.q_width(), op, "q", "[n, " + std::to_string(cfg.q_width()) + "]", q.shape());
+  MMSPARSE_CHECK(
+      k.shape() == (Shape{n, cfg.kv_width()}), op, "k", (Shape{n, cfg.kv_width()}), k.shape());
   MMSPARSE_CHECK(v.shape() == k.shape(), op, "v", k.shape(), v.shape());
   MMSPARSE_CHECK(out.shape() == q.shape(), op, "out", q.shape(), out.shape());
-  MMSPARSE_CHECK(positions.size == n, op, "positions",
-                 "one position per new token (" + std::to_string(n) + ")", positions.size);
-  MMSPARSE_CHECK(cache.width() == cfg.kv_width(), op, "cache '" + cache.name() + "' width",
-                 cfg.kv_width(), cache.width());
+  MMSPARSE_CHECK(positions.size == n,
+                 op,
+                 "positions",
+                 "one position per new token (" + std::to_string(n) + ")",
+                 positions.size);
+  MMSPARSE_CHECK(cache.width() == cfg.kv_width(),
+                 op,
+                 "cache '" + cache.name() + "' width",
+                 cfg.kv_width(),
+                 cache.width());
   cache.check_room(op, seq, n);  // before anything is written
   const std::int64_t before = cache.length(seq);
   std::vector<std::int32_t> host_limits(static_cast<std::size_t>(n));
@@ -144,8 +164,13 @@ void core_attention_decode(B& b,
   detail::rope_or_copy(b, cfg, qr, q, positions);
   detail::rope_or_copy(b, cfg, kr, k, positions);
   cache.append(b, seq, detail::cview(kr), v);
-  detail::attention_rows_forward(b, cfg, out, detail::cview(qr), cache.keys(seq),
-                                 cache.values(seq), Span<const std::int32_t, typename B::space>(lim),
+  detail::attention_rows_forward(b,
+                                 cfg,
+                                 out,
+                                 detail::cview(qr),
+                                 cache.keys(seq),
+                                 cache.values(seq),
+                                 Span<const std::int32_t, typename B::space>(lim),
                                  host_limits);
 }
 
@@ -171,8 +196,15 @@ void attention_decode(B& b,
   auto v = b.workspace().template take<T>(n, cfg.kv_width());  // [n, Hkv·dh]
   auto a = b.workspace().template take<T>(n, cfg.q_width());   // [n, H·dh]
   layer.qkv().forward(b, x, q, k, v);
-  core_attention_decode(b, layer.core(), cache, seq, detail::cview(q), detail::cview(k),
-                        detail::cview(v), positions, a);
+  core_attention_decode(b,
+                        layer.core(),
+                        cache,
+                        seq,
+                        detail::cview(q),
+                        detail::cview(k),
+                        detail::cview(v),
+                        positions,
+                        a);
   layer.out().forward(b, detail::cview(a), y);
 }
 

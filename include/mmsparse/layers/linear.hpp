@@ -8,8 +8,8 @@
 
 #include <cstdint>
 
-#include <mmsparse/core/error.hpp>
 #include <mmsparse/backend/concepts.hpp>
+#include <mmsparse/core/error.hpp>
 
 namespace mmsparse {
 
@@ -21,10 +21,16 @@ void linear_forward(B& b,
                     View<const typename B::scalar, typename B::space> bias = {}) {
   using T = typename B::scalar;
   MMSPARSE_CHECK(w.rows == x.cols, "linear_forward", "w", (Shape{x.cols, y.cols}), w.shape());
-  MMSPARSE_CHECK(y.shape() == (Shape{x.rows, w.cols}), "linear_forward", "y",
-                 (Shape{x.rows, w.cols}), y.shape());
-  MMSPARSE_CHECK(bias.empty() || bias.shape() == (Shape{1, w.cols}), "linear_forward", "bias",
-                 (Shape{1, w.cols}), bias.shape());
+  MMSPARSE_CHECK(y.shape() == (Shape{x.rows, w.cols}),
+                 "linear_forward",
+                 "y",
+                 (Shape{x.rows, w.cols}),
+                 y.shape());
+  MMSPARSE_CHECK(bias.empty() || bias.shape() == (Shape{1, w.cols}),
+                 "linear_forward",
+                 "bias",
+                 (Shape{1, w.cols}),
+                 bias.shape());
   b.gemm(y, x, Trans::no, w, Trans::no, 1.0, 0.0);  // [N, out]
   if (!bias.empty() && x.rows > 0) {
     auto frame = b.workspace().frame();
@@ -43,14 +49,20 @@ void linear_backward(B& b,
                      View<const typename B::scalar, typename B::space> x,
                      View<const typename B::scalar, typename B::space> w) {
   using T = typename B::scalar;
-  MMSPARSE_CHECK(dy.shape() == (Shape{x.rows, w.cols}), "linear_backward", "dy",
-                 (Shape{x.rows, w.cols}), dy.shape());
-  MMSPARSE_CHECK(dx.rows == 0 || dx.shape() == x.shape(), "linear_backward", "dx", x.shape(),
-                 dx.shape());
-  MMSPARSE_CHECK(dw.rows == 0 || dw.shape() == w.shape(), "linear_backward", "dw", w.shape(),
-                 dw.shape());
-  MMSPARSE_CHECK(dbias.rows == 0 || dbias.shape() == (Shape{1, w.cols}), "linear_backward",
-                 "dbias", (Shape{1, w.cols}), dbias.shape());
+  MMSPARSE_CHECK(dy.shape() == (Shape{x.rows, w.cols}),
+                 "linear_backward",
+                 "dy",
+                 (Shape{x.rows, w.cols}),
+                 dy.shape());
+  MMSPARSE_CHECK(
+      dx.rows == 0 || dx.shape() == x.shape(), "linear_backward", "dx", x.shape(), dx.shape());
+  MMSPARSE_CHECK(
+      dw.rows == 0 || dw.shape() == w.shape(), "linear_backward", "dw", w.shape(), dw.shape());
+  MMSPARSE_CHECK(dbias.rows == 0 || dbias.shape() == (Shape{1, w.cols}),
+                 "linear_backward",
+                 "dbias",
+                 (Shape{1, w.cols}),
+                 dbias.shape());
   if (dx.rows > 0) {
     b.gemm(dx, dy, Trans::no, w, Trans::yes, 1.0, 1.0);  // [N, in] += [N, out] [out, in]
   }

@@ -11,9 +11,9 @@
 #include <type_traits>
 #include <vector>
 
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/modality.hpp>
-#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/layers/embedding.hpp>
 
 namespace mmsparse {
@@ -24,15 +24,27 @@ void cross_entropy_forward(B& b,
                            Span<accum_t<typename B::scalar>, typename B::space> lse,
                            View<const typename B::scalar, typename B::space> logits,
                            Span<const std::int32_t, typename B::space> targets) {
-  MMSPARSE_CHECK(logits.cols > 0, "cross_entropy_forward", "logits", "a vocabulary of >= 1 column",
+  MMSPARSE_CHECK(logits.cols > 0,
+                 "cross_entropy_forward",
+                 "logits",
+                 "a vocabulary of >= 1 column",
                  logits.shape());
-  MMSPARSE_CHECK(targets.size == logits.rows, "cross_entropy_forward", "targets",
-                 "one target per row of logits", targets.size);
-  MMSPARSE_CHECK(loss.size == logits.rows, "cross_entropy_forward", "loss",
-                 "one entry per row of logits", loss.size);
-  MMSPARSE_CHECK(lse.size == logits.rows, "cross_entropy_forward", "lse",
-                 "one entry per row of logits", lse.size);
-  detail::check_token_ids("cross_entropy_forward", targets, logits.cols);
+  MMSPARSE_CHECK(targets.size == logits.rows,
+                 "cross_entropy_forward",
+                 "targets",
+                 "one target per row of logits",
+                 targets.size);
+  MMSPARSE_CHECK(loss.size == logits.rows,
+                 "cross_entropy_forward",
+                 "loss",
+                 "one entry per row of logits",
+                 loss.size);
+  MMSPARSE_CHECK(lse.size == logits.rows,
+                 "cross_entropy_forward",
+                 "lse",
+                 "one entry per row of logits",
+                 lse.size);
+  detail::check_token_ids("cross_entropy_forward", "targets", targets, logits.cols);
   b.cross_entropy(loss, lse, logits, targets);
 }
 
@@ -44,17 +56,22 @@ void cross_entropy_backward(B& b,
                             Span<const accum_t<typename B::scalar>, typename B::space> lse,
                             Span<const std::int32_t, typename B::space> targets,
                             double scale) {
-  MMSPARSE_CHECK(dlogits.shape() == logits.shape(), "cross_entropy_backward", "dlogits",
-                 logits.shape(), dlogits.shape());
+  MMSPARSE_CHECK(dlogits.shape() == logits.shape(),
+                 "cross_entropy_backward",
+                 "dlogits",
+                 logits.shape(),
+                 dlogits.shape());
   MMSPARSE_CHECK(targets.size == logits.rows && lse.size == logits.rows,
-                 "cross_entropy_backward", "targets, lse", "one entry per row of logits",
+                 "cross_entropy_backward",
+                 "targets, lse",
+                 "one entry per row of logits",
                  targets.size);
   b.cross_entropy_backward(dlogits, logits, lse, targets, scale);
 }
 
 struct CrossEntropyReport {
-  double mean = 0.0;                            // mean over all tokens
-  std::vector<double> per_modality;             // mean over the tokens of each modality (0 if none)
+  double mean = 0.0;                 // mean over all tokens
+  std::vector<double> per_modality;  // mean over the tokens of each modality (0 if none)
   std::vector<std::int64_t> tokens_per_modality;
 };
 
@@ -66,8 +83,11 @@ template <class A, class Space>
                                                       std::int64_t num_modalities = 0) {
   static_assert(std::is_same_v<Space, host_space>,
                 "cross_entropy_report reads per-token losses on the host: copy them there first");
-  MMSPARSE_CHECK(modality.empty() || modality.size == loss.size, "cross_entropy_report",
-                 "modality", "one id per token (or none)", modality.size);
+  MMSPARSE_CHECK(modality.empty() || modality.size == loss.size,
+                 "cross_entropy_report",
+                 "modality",
+                 "one id per token (or none)",
+                 modality.size);
   CrossEntropyReport r;
   r.per_modality.assign(static_cast<std::size_t>(num_modalities), 0.0);
   r.tokens_per_modality.assign(static_cast<std::size_t>(num_modalities), 0);

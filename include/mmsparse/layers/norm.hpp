@@ -8,8 +8,8 @@
 
 #include <cstdint>
 
-#include <mmsparse/core/error.hpp>
 #include <mmsparse/backend/concepts.hpp>
+#include <mmsparse/core/error.hpp>
 
 namespace mmsparse {
 
@@ -63,10 +63,13 @@ void layer_norm_forward(B& b,
                         View<const typename B::scalar, typename B::space> bias,
                         double eps = 1e-5) {
   detail::check_norm_args("layer_norm_forward", y, x, w, rstd.size);
-  MMSPARSE_CHECK(mean.size == x.rows, "layer_norm_forward", "mean", "one entry per row of x",
-                 mean.size);
-  MMSPARSE_CHECK(bias.empty() || bias.shape() == w.shape(), "layer_norm_forward", "bias",
-                 w.shape(), bias.shape());
+  MMSPARSE_CHECK(
+      mean.size == x.rows, "layer_norm_forward", "mean", "one entry per row of x", mean.size);
+  MMSPARSE_CHECK(bias.empty() || bias.shape() == w.shape(),
+                 "layer_norm_forward",
+                 "bias",
+                 w.shape(),
+                 bias.shape());
   MMSPARSE_CHECK(eps > 0.0, "layer_norm_forward", "eps", "> 0", eps);
   b.layer_norm(y, mean, rstd, x, w, bias, eps);
 }
@@ -82,12 +85,15 @@ void layer_norm_backward(B& b,
                          Span<const accum_t<typename B::scalar>, typename B::space> mean,
                          Span<const accum_t<typename B::scalar>, typename B::space> rstd) {
   detail::check_norm_args("layer_norm_backward", dy, x, w, rstd.size);
-  MMSPARSE_CHECK(mean.size == x.rows, "layer_norm_backward", "mean", "one entry per row of x",
-                 mean.size);
+  MMSPARSE_CHECK(
+      mean.size == x.rows, "layer_norm_backward", "mean", "one entry per row of x", mean.size);
   MMSPARSE_CHECK(dx.shape() == x.shape(), "layer_norm_backward", "dx", x.shape(), dx.shape());
   MMSPARSE_CHECK(dw.shape() == w.shape(), "layer_norm_backward", "dw", w.shape(), dw.shape());
-  MMSPARSE_CHECK(dbias.empty() || dbias.shape() == w.shape(), "layer_norm_backward", "dbias",
-                 w.shape(), dbias.shape());
+  MMSPARSE_CHECK(dbias.empty() || dbias.shape() == w.shape(),
+                 "layer_norm_backward",
+                 "dbias",
+                 w.shape(),
+                 dbias.shape());
   b.layer_norm_backward(dx, dw, dbias, dy, x, w, mean, rstd);
 }
 

@@ -3,14 +3,15 @@
 // Rotary position embedding (Su et al. 2021, RoFormer; LLaMA/Chameleon, PAPERS.md §1.9) of
 // [N, heads * head_dim] rows at explicit per-token positions: routing (MoD, modality groups)
 // reorders or drops tokens, but each token keeps its original position (PAPERS.md §4.11).
-// Pair (2i, 2i + 1) of each head turns by pos * theta^(-2i / head_dim). Backward = inverse rotation.
+// Pair (2i, 2i + 1) of each head turns by pos * theta^(-2i / head_dim). Backward = inverse
+// rotation.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
-#include <mmsparse/core/error.hpp>
 #include <mmsparse/backend/concepts.hpp>
+#include <mmsparse/core/error.hpp>
 
 namespace mmsparse {
 
@@ -22,14 +23,20 @@ struct RopeConfig {
 namespace detail {
 template <class V, class C, class P>
 void check_rope_args(const char* op, const V& y, const C& x, const P& positions, RopeConfig cfg) {
-  MMSPARSE_CHECK(cfg.head_dim > 0 && cfg.head_dim % 2 == 0, op, "head_dim", "an even number > 0",
+  MMSPARSE_CHECK(cfg.head_dim > 0 && cfg.head_dim % 2 == 0,
+                 op,
+                 "head_dim",
+                 "an even number > 0",
                  cfg.head_dim);
   MMSPARSE_CHECK(cfg.theta > 0.0, op, "theta", "> 0", cfg.theta);
-  MMSPARSE_CHECK(x.cols % cfg.head_dim == 0, op, "x",
-                 "[N, heads * " + std::to_string(cfg.head_dim) + "]", x.shape());
+  MMSPARSE_CHECK(x.cols % cfg.head_dim == 0,
+                 op,
+                 "x",
+                 "[N, heads * " + std::to_string(cfg.head_dim) + "]",
+                 x.shape());
   MMSPARSE_CHECK(y.shape() == x.shape(), op, "y", x.shape(), y.shape());
-  MMSPARSE_CHECK(positions.size == x.rows, op, "positions", "one position per row of x",
-                 positions.size);
+  MMSPARSE_CHECK(
+      positions.size == x.rows, op, "positions", "one position per row of x", positions.size);
 }
 }  // namespace detail
 

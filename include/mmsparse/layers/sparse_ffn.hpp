@@ -16,12 +16,12 @@
 #include <utility>
 #include <vector>
 
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/core/modality.hpp>
 #include <mmsparse/core/rng.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/dispatch/concepts.hpp>
 #include <mmsparse/dispatch/layout.hpp>
 #include <mmsparse/layers/experts.hpp>
@@ -37,14 +37,14 @@ namespace mmsparse {
                                                            std::int64_t slots,
                                                            std::int64_t tokens) {
   MMSPARSE_CHECK(tokens > 0, "equal_flops_dense_hidden", "tokens", "> 0", tokens);
-  const double f = static_cast<double>(hidden) * static_cast<double>(slots) /
-                   static_cast<double>(tokens);
+  const double f =
+      static_cast<double>(hidden) * static_cast<double>(slots) / static_cast<double>(tokens);
   return std::max<std::int64_t>(1, std::llround(f));
 }
 
 template <class T, class R, class D, class B>
   requires backend<B> && router_for<R, B> && dispatch_scheme_for<D, B> &&
-           std::is_same_v<T, typename B::scalar>
+      std::is_same_v<T, typename B::scalar>
 class SparseFfn {
  public:
   using W = router_t<T>;
@@ -59,8 +59,8 @@ class SparseFfn {
     std::vector<std::int64_t> experts;  // experts per modality group ({4,4} = 4t4i); flat: {E}
     std::int64_t modalities = 0;        // 0: experts.size()
     typename R::Config router{};
-    std::uint64_t seed = 0;             // weight initialisation
-    typename D::Config dispatch{};      // e.g. a fixed PaddedCapacity capacity
+    std::uint64_t seed = 0;         // weight initialisation
+    typename D::Config dispatch{};  // e.g. a fixed PaddedCapacity capacity
   };
   struct Weights {
     View<W, S> router;  // [d, E_r]
@@ -81,18 +81,18 @@ class SparseFfn {
   };
   // Activations and routing a training forward keeps for the backward.
   struct Saved {
-    Tensor<T, S> x;                   // [N, d] input copy (the router's backward reads it)
-    Tensor<ModalityId, S> modality;   // [N, 1]
+    Tensor<T, S> x;                  // [N, d] input copy (the router's backward reads it)
+    Tensor<ModalityId, S> modality;  // [N, 1]
     ForwardOptions options;
     plan_t<B> plan;
     typename R::template Saved<B> router;
-    Tensor<std::int32_t, S> token;    // [R, 1] layout storage
-    Tensor<W, S> gate;                // [R, 1]
-    Tensor<std::int32_t, S> slot;     // [R, 1]
-    layout_t<B> layout;               // views of token, gate, slot
-    Tensor<T, S> a;                   // [R, f] x W1
-    Tensor<T, S> g;                   // [R, f] x W3
-    Tensor<T, S> o;                   // [R, d] expert outputs (the gate gradient reads them)
+    Tensor<std::int32_t, S> token;  // [R, 1] layout storage
+    Tensor<W, S> gate;              // [R, 1]
+    Tensor<std::int32_t, S> slot;   // [R, 1]
+    layout_t<B> layout;             // views of token, gate, slot
+    Tensor<T, S> a;                 // [R, f] x W1
+    Tensor<T, S> g;                 // [R, f] x W3
+    Tensor<T, S> o;                 // [R, d] expert outputs (the gate gradient reads them)
     bool valid = false;
   };
 
@@ -103,11 +103,11 @@ class SparseFfn {
     MMSPARSE_CHECK(cfg_.hidden >= 0, op, "hidden", ">= 0 (0: swiglu_hidden(d))", cfg_.hidden);
     MMSPARSE_CHECK(!cfg_.experts.empty(), op, "experts", "at least one group", "none");
     for (std::size_t g = 0; g < cfg_.experts.size(); ++g) {
-      MMSPARSE_CHECK(cfg_.experts[g] >= 1, op, "experts[" + std::to_string(g) + "]", ">= 1",
-                     cfg_.experts[g]);
+      MMSPARSE_CHECK(
+          cfg_.experts[g] >= 1, op, "experts[" + std::to_string(g) + "]", ">= 1", cfg_.experts[g]);
     }
-    MMSPARSE_CHECK(cfg_.modalities >= 0, op, "modalities", ">= 0 (0: experts.size())",
-                   cfg_.modalities);
+    MMSPARSE_CHECK(
+        cfg_.modalities >= 0, op, "modalities", ">= 0 (0: experts.size())", cfg_.modalities);
     if (cfg_.hidden == 0) {
       cfg_.hidden = swiglu_hidden(cfg_.d);
     }
@@ -132,12 +132,24 @@ class SparseFfn {
     weights_ = {router_w_.view(), w1_.view(), w3_.view(), w2_.view()};
   }
 
-  [[nodiscard]] const Config& config() const { return cfg_; }
-  [[nodiscard]] std::int64_t num_experts() const { return experts_; }
-  [[nodiscard]] std::int64_t router_columns() const { return router_columns_; }
-  [[nodiscard]] const R& router() const { return router_; }
-  [[nodiscard]] const D& dispatch() const { return dispatch_; }
-  [[nodiscard]] Weights weights() { return weights_; }
+  [[nodiscard]] const Config& config() const {
+    return cfg_;
+  }
+  [[nodiscard]] std::int64_t num_experts() const {
+    return experts_;
+  }
+  [[nodiscard]] std::int64_t router_columns() const {
+    return router_columns_;
+  }
+  [[nodiscard]] const R& router() const {
+    return router_;
+  }
+  [[nodiscard]] const D& dispatch() const {
+    return dispatch_;
+  }
+  [[nodiscard]] Weights weights() {
+    return weights_;
+  }
 
   // Uses the caller's memory from now on (shapes checked); the layer's own storage is released.
   void bind(Weights external) {
@@ -161,7 +173,9 @@ class SparseFfn {
     const std::int64_t e = std::accumulate(cfg.experts.begin(), cfg.experts.end(), std::int64_t{0});
     const R r{cfg.router};
     const std::int64_t er = r.router_columns(std::span<const std::int64_t>(cfg.experts));
-    return {{"router", {cfg.d, er}}, {"w1", {e * cfg.d, f}}, {"w3", {e * cfg.d, f}},
+    return {{"router", {cfg.d, er}},
+            {"w1", {e * cfg.d, f}},
+            {"w3", {e * cfg.d, f}},
             {"w2", {e * f, cfg.d}}};
   }
 
@@ -209,18 +223,28 @@ class SparseFfn {
     const layout_t<B>& layout = saved.layout;
     const std::int64_t rows = layout.rows();
     auto frame = b.workspace().frame();
-    auto xg = b.workspace().template take<T>(rows, d);                        // [R, d]
-    auto dout = b.workspace().template take<T>(rows, d);                      // [R, d]
-    auto dxg = b.workspace().template take<T>(rows, d);                       // [R, d]
-    auto dgate = b.workspace().template take_span<W>(saved.plan.slots());     // [S]
+    auto xg = b.workspace().template take<T>(rows, d);                     // [R, d]
+    auto dout = b.workspace().template take<T>(rows, d);                   // [R, d]
+    auto dxg = b.workspace().template take<T>(rows, d);                    // [R, d]
+    auto dgate = b.workspace().template take_span<W>(saved.plan.slots());  // [S]
     dispatch_gather(b, xg, View<const T, S>(saved.x.view()), layout);
     dispatch_combine_backward(b, dgate, dout, dy, saved.o.view(), layout);
-    experts_backward(b, dxg, ExpertGrads<T, S>{grads.w1, grads.w3, grads.w2},
-                     View<const T, S>(dout), View<const T, S>(xg), saved.a.view(), saved.g.view(),
-                     expert_weights(), layout.segments(), /*accumulate_dx=*/false);
+    experts_backward(b,
+                     dxg,
+                     ExpertGrads<T, S>{grads.w1, grads.w3, grads.w2},
+                     View<const T, S>(dout),
+                     View<const T, S>(xg),
+                     saved.a.view(),
+                     saved.g.view(),
+                     expert_weights(),
+                     layout.segments(),
+                     /*accumulate_dx=*/false);
     dispatch_gather_backward(b, dx, View<const T, S>(dxg), layout);
     const RouteArgs<B> args = route_args(saved.x.view(), saved.modality.span(), saved.options);
-    router_.backward(b, args, saved.router, Span<const W, S>(dgate),
+    router_.backward(b,
+                     args,
+                     saved.router,
+                     Span<const W, S>(dgate),
                      RouterGrads<B>{dx, grads.router, aux_scale});
   }
 
@@ -234,9 +258,9 @@ class SparseFfn {
     const std::size_t row_d = Ws::template bytes_for<T>(rows * d);
     const std::size_t row_f = Ws::template bytes_for<T>(rows * f);
     const std::size_t forward = layout_bytes<B>(rows) + 2 * row_d + 3 * row_f;
-    const std::size_t backward = 3 * row_d + Ws::template bytes_for<W>(slots) +
-                                 std::max(Ws::template bytes_for<W>(rows),
-                                          experts_backward_bytes<B>(rows, f));
+    const std::size_t backward =
+        3 * row_d + Ws::template bytes_for<W>(slots) +
+        std::max(Ws::template bytes_for<W>(rows), experts_backward_bytes<B>(rows, f));
     return std::max({forward, backward, router_workspace_bytes(tokens)});
   }
 
@@ -289,12 +313,15 @@ class SparseFfn {
     const std::int64_t f = cfg_.hidden;
     MMSPARSE_CHECK(x.cols == d, op, "x", "shape [N, " + std::to_string(d) + "]", x.shape());
     detail::check_shape(op, "y", y, {n, d});
-    MMSPARSE_CHECK(modality.size == n, op, "modality", "size N = " + std::to_string(n),
-                   modality.size);
+    MMSPARSE_CHECK(
+        modality.size == n, op, "modality", "size N = " + std::to_string(n), modality.size);
     if constexpr (std::is_same_v<S, host_space>) {
       check_modality_ids(op, modality, cfg_.modalities);
     }
-    MMSPARSE_CHECK(opt.sequence_length >= 0, op, "sequence_length", ">= 0 (0: whole batch)",
+    MMSPARSE_CHECK(opt.sequence_length >= 0,
+                   op,
+                   "sequence_length",
+                   ">= 0 (0: whole batch)",
                    opt.sequence_length);
 
     auto frame = b.workspace().frame();
@@ -354,8 +381,7 @@ class SparseFfn {
     stats.tokens_per_expert = plan.tokens_per_expert();
     stats.dropped = plan.dropped;
     stats.aux = plan.aux;
-    stats.flops = expert_flops(rows, d, f) + 2.0 * static_cast<double>(n) *
-                                                 static_cast<double>(d) *
+    stats.flops = expert_flops(rows, d, f) + 2.0 * static_cast<double>(n) * static_cast<double>(d) *
                                                  static_cast<double>(router_columns_);
     if (saved != nullptr) {
       saved->options = opt;

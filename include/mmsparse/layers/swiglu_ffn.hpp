@@ -13,11 +13,11 @@
 #include <utility>
 #include <vector>
 
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/core/rng.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/layers/experts.hpp>
 
 namespace mmsparse {
@@ -48,8 +48,8 @@ class SwiGluFfn {
 
   explicit SwiGluFfn(Config cfg) : cfg_(cfg) {
     MMSPARSE_CHECK(cfg_.d > 0, "SwiGluFfn", "d", "> 0", cfg_.d);
-    MMSPARSE_CHECK(cfg_.hidden >= 0, "SwiGluFfn", "hidden", ">= 0 (0: swiglu_hidden(d))",
-                   cfg_.hidden);
+    MMSPARSE_CHECK(
+        cfg_.hidden >= 0, "SwiGluFfn", "hidden", ">= 0 (0: swiglu_hidden(d))", cfg_.hidden);
     if (cfg_.hidden == 0) {
       cfg_.hidden = swiglu_hidden(cfg_.d);
     }
@@ -65,9 +65,15 @@ class SwiGluFfn {
     weights_ = {w1_.view(), w3_.view(), w2_.view()};
   }
 
-  [[nodiscard]] const Config& config() const { return cfg_; }
-  [[nodiscard]] std::int64_t hidden() const { return cfg_.hidden; }
-  [[nodiscard]] Weights weights() { return weights_; }
+  [[nodiscard]] const Config& config() const {
+    return cfg_;
+  }
+  [[nodiscard]] std::int64_t hidden() const {
+    return cfg_.hidden;
+  }
+  [[nodiscard]] Weights weights() {
+    return weights_;
+  }
 
   // Uses the caller's memory from now on (shapes checked); the layer's own storage is released.
   void bind(Weights external) {
@@ -121,8 +127,15 @@ class SwiGluFfn {
     detail::check_shape(op, "grads.w3", grads.w3, {d, f});
     detail::check_shape(op, "grads.w2", grads.w2, {f, d});
     const std::int64_t offsets[2] = {0, n};
-    experts_backward(b, dx, ExpertGrads<T, S>{grads.w1, grads.w3, grads.w2}, dy,
-                     saved.x.view(), saved.a.view(), saved.g.view(), expert_weights(), offsets,
+    experts_backward(b,
+                     dx,
+                     ExpertGrads<T, S>{grads.w1, grads.w3, grads.w2},
+                     dy,
+                     saved.x.view(),
+                     saved.a.view(),
+                     saved.g.view(),
+                     expert_weights(),
+                     offsets,
                      /*accumulate_dx=*/true);
   }
 
@@ -141,8 +154,8 @@ class SwiGluFfn {
     return {weights_.w1, weights_.w3, weights_.w2};
   }
   void check_io(const char* op, View<const T, S> x, View<T, S> y) const {
-    MMSPARSE_CHECK(x.cols == cfg_.d, op, "x", "shape [N, " + std::to_string(cfg_.d) + "]",
-                   x.shape());
+    MMSPARSE_CHECK(
+        x.cols == cfg_.d, op, "x", "shape [N, " + std::to_string(cfg_.d) + "]", x.shape());
     detail::check_shape(op, "y", y, {x.rows, cfg_.d});
   }
   // a, g: [N, f] destinations of x W1 and x W3; h comes from the workspace.

@@ -88,11 +88,6 @@ struct TokenChoice {
     check_route_args(b, op, args, router_columns(args.experts_per_group));
     check_single_group(op, args.experts_per_group);
     check_experts(op, args.experts_per_group[0]);
-    MMSPARSE_CHECK(args.x.rows * cfg.k < std::numeric_limits<std::int32_t>::max(),
-                   op,
-                   "k",
-                   "N * k < 2^31 - 1",
-                   cfg.k);
     Saved<B> s;
     plan_t<B> plan = route_rows(b, flat_rows(name, args, cfg.gumbel), s);
     saved = std::move(s);
@@ -133,6 +128,11 @@ struct TokenChoice {
     const std::int64_t n = rows.rows();
     const std::int64_t e = rows.experts();
     const std::int64_t k = cfg.k;
+    MMSPARSE_CHECK(n * k < std::numeric_limits<std::int32_t>::max(),
+                   rows.op,
+                   "k",
+                   "N * k < 2^31 - 1 (int32 pair indices)",
+                   k);
     auto& ws = b.workspace();
     auto frame = ws.frame();
 

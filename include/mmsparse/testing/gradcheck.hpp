@@ -78,18 +78,18 @@ struct GradcheckInput {
 };
 
 struct GradcheckOptions {
-  double eps = 1e-6;                    // central-difference step
-  std::int64_t max_elements = 0;        // per input; 0 = every element, else a random subset
+  double eps = 1e-6;                           // central-difference step
+  std::int64_t max_elements = 0;               // per input; 0 = every element, else a random subset
   std::uint64_t seed = 0x9e3779b97f4a7c15ull;  // picks the subset
 };
 
 struct GradcheckResult {
   std::string name;
-  std::int64_t checked = 0;        // elements compared
-  double max_abs_error = 0.0;      // max_i |analytic_i - numeric_i|
-  double scale = 0.0;              // max_i max(|analytic_i|, |numeric_i|)
-  double rel_error = 0.0;          // max_abs_error / scale (0 when both gradients vanish)
-  std::int64_t worst_row = -1;     // element of the largest error
+  std::int64_t checked = 0;     // elements compared
+  double max_abs_error = 0.0;   // max_i |analytic_i - numeric_i|
+  double scale = 0.0;           // max_i max(|analytic_i|, |numeric_i|)
+  double rel_error = 0.0;       // max_abs_error / scale (0 when both gradients vanish)
+  std::int64_t worst_row = -1;  // element of the largest error
   std::int64_t worst_col = -1;
   double worst_analytic = 0.0;
   double worst_numeric = 0.0;
@@ -105,7 +105,9 @@ struct GradcheckReport {
     }
     return m;
   }
-  [[nodiscard]] bool ok(double tolerance) const { return max_rel_error() < tolerance; }
+  [[nodiscard]] bool ok(double tolerance) const {
+    return max_rel_error() < tolerance;
+  }
   [[nodiscard]] std::string str() const {
     std::ostringstream os;
     os.precision(3);
@@ -127,8 +129,11 @@ template <class Loss>
                                         const std::function<PlanSignature()>& plan = {}) {
   MMSPARSE_CHECK(options.eps > 0.0, "gradcheck", "eps", "> 0", options.eps);
   for (const auto& in : inputs) {
-    MMSPARSE_CHECK(in.grad.shape() == in.value.shape(), "gradcheck", in.name + ".grad",
-                   in.value.shape(), in.grad.shape());
+    MMSPARSE_CHECK(in.grad.shape() == in.value.shape(),
+                   "gradcheck",
+                   in.name + ".grad",
+                   in.value.shape(),
+                   in.grad.shape());
   }
   PlanSignature reference;
   if (plan) {
@@ -147,8 +152,8 @@ template <class Loss>
         os << "a different plan after " << (delta > 0 ? "+" : "") << delta << " on " << in.name
            << "(" << i << ", " << j << "): " << reference.difference(now)
            << " (a decision lies within eps of a tie: change the seed or the inputs)";
-        throw Error(detail::format_error("gradcheck", "plan", "the unperturbed routing plan",
-                                         os.str()));
+        throw Error(
+            detail::format_error("gradcheck", "plan", "the unperturbed routing plan", os.str()));
       }
     }
     return l;

@@ -27,11 +27,13 @@ struct ExpertAssignment {
 
 // The triples of a host plan, expert by expert.
 template <class W>
-[[nodiscard]] std::vector<ExpertAssignment> plan_assignments(const RoutingPlan<W, host_space>& plan) {
+[[nodiscard]] std::vector<ExpertAssignment> plan_assignments(
+    const RoutingPlan<W, host_space>& plan) {
   std::vector<ExpertAssignment> out;
   for (std::int64_t e = 0; e < plan.num_experts; ++e) {
     for (std::int64_t s = plan.offsets[static_cast<std::size_t>(e)];
-         s < plan.offsets[static_cast<std::size_t>(e + 1)]; ++s) {
+         s < plan.offsets[static_cast<std::size_t>(e + 1)];
+         ++s) {
       out.push_back({e, plan.token[s], static_cast<double>(plan.gate[s])});
     }
   }
@@ -67,18 +69,15 @@ void oracle_add_expert(double* out,
 }
 
 template <class T>
-void oracle_check_weights(View<const T> x,
-                          View<const T> w1,
-                          View<const T> w3,
-                          View<const T> w2,
-                          std::int64_t experts) {
+void oracle_check_weights(
+    View<const T> x, View<const T> w1, View<const T> w3, View<const T> w2, std::int64_t experts) {
   constexpr const char* op = "oracle";
   const std::int64_t d = x.cols;
   MMSPARSE_CHECK(experts >= 1, op, "experts", ">= 1", experts);
   MMSPARSE_CHECK(w1.rows == experts * d, op, "w1", "rows E*d", w1.shape());
   MMSPARSE_CHECK(w3.shape() == w1.shape(), op, "w3", w1.shape(), w3.shape());
-  MMSPARSE_CHECK(w2.shape() == (Shape{experts * w1.cols, d}), op, "w2", "shape [E*f, d]",
-                 w2.shape());
+  MMSPARSE_CHECK(
+      w2.shape() == (Shape{experts * w1.cols, d}), op, "w2", "shape [E*f, d]", w2.shape());
 }
 
 }  // namespace detail
@@ -112,8 +111,8 @@ template <class T>
   for (const ExpertAssignment& a : assignments) {
     MMSPARSE_CHECK(a.expert >= 0 && a.expert < experts, "oracle", "expert", "in [0, E)", a.expert);
     MMSPARSE_CHECK(a.token >= 0 && a.token < x.rows, "oracle", "token", "in [0, N)", a.token);
-    detail::oracle_add_expert(y.view().row(a.token), x.row(a.token), w1, w3, w2, a.expert, x.cols,
-                              a.gate);
+    detail::oracle_add_expert(
+        y.view().row(a.token), x.row(a.token), w1, w3, w2, a.expert, x.cols, a.gate);
   }
   return y;
 }
@@ -121,11 +120,8 @@ template <class T>
 // Sparse FFN from a dense gate matrix gates [N, E] (0: expert not applied): y_t = Σ_e gates[t, e]
 // · FFN_e(x_t), every expert evaluated on every token.
 template <class T, class G>
-[[nodiscard]] Tensor<double> oracle_sparse_ffn_dense(View<const T> x,
-                                                     View<const G> gates,
-                                                     View<const T> w1,
-                                                     View<const T> w3,
-                                                     View<const T> w2) {
+[[nodiscard]] Tensor<double> oracle_sparse_ffn_dense(
+    View<const T> x, View<const G> gates, View<const T> w1, View<const T> w3, View<const T> w2) {
   const std::int64_t experts = gates.cols;
   detail::oracle_check_weights(x, w1, w3, w2, experts);
   MMSPARSE_CHECK(gates.rows == x.rows, "oracle", "gates", "rows N", gates.shape());
@@ -133,8 +129,8 @@ template <class T, class G>
   y.fill(0.0);
   for (std::int64_t t = 0; t < x.rows; ++t) {
     for (std::int64_t e = 0; e < experts; ++e) {
-      detail::oracle_add_expert(y.view().row(t), x.row(t), w1, w3, w2, e, x.cols,
-                                scalar_cast<double>(gates(t, e)));
+      detail::oracle_add_expert(
+          y.view().row(t), x.row(t), w1, w3, w2, e, x.cols, scalar_cast<double>(gates(t, e)));
     }
   }
   return y;

@@ -10,9 +10,9 @@
 #include <cstdint>
 #include <type_traits>
 
+#include <mmsparse/autograd/params.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/autograd/params.hpp>
 
 namespace mmsparse {
 
@@ -46,7 +46,9 @@ class AdamW {
     }
   }
 
-  [[nodiscard]] std::int64_t steps() const { return t_; }
+  [[nodiscard]] std::int64_t steps() const {
+    return t_;
+  }
 
   void step(B& b, double lr) {
     ++t_;
@@ -88,8 +90,8 @@ class AdamW {
  private:
   ParamArena<T, B>& params_;
   AdamWConfig cfg_;
-  Tensor<A> m_;  // [1, P] first moment
-  Tensor<A> v_;  // [1, P] second moment
+  Tensor<A> m_;       // [1, P] first moment
+  Tensor<A> v_;       // [1, P] second moment
   Tensor<A> master_;  // [1, P] master weights (bf16 parameters only)
   std::int64_t t_ = 0;
 };

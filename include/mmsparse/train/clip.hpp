@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#include <mmsparse/core/error.hpp>
 #include <mmsparse/autograd/params.hpp>
+#include <mmsparse/core/error.hpp>
 
 namespace mmsparse {
 

@@ -12,11 +12,11 @@
 #include <type_traits>
 #include <vector>
 
-#include <mmsparse/core/error.hpp>
-#include <mmsparse/core/rng.hpp>
 #include <mmsparse/autograd/ops.hpp>
 #include <mmsparse/autograd/params.hpp>
 #include <mmsparse/autograd/tape.hpp>
+#include <mmsparse/core/error.hpp>
+#include <mmsparse/core/rng.hpp>
 
 namespace mmsparse {
 
@@ -25,7 +25,9 @@ class TinyLm {
  public:
   using T = typename B::scalar;
   using S = typename B::space;
-  static constexpr bool sparse = requires { typename Ffn::router_type; };
+  static constexpr bool sparse = requires {
+    typename Ffn::router_type;
+  };
 
   struct Config {
     std::int64_t vocab = 0;
@@ -37,9 +39,9 @@ class TinyLm {
     std::uint64_t seed = 0;
   };
   struct Batch {
-    Span<const std::int32_t, S> tokens;     // [N]
-    Span<const std::int32_t, S> targets;    // [N]
-    Span<const ModalityId, S> modality;     // [N]
+    Span<const std::int32_t, S> tokens;   // [N]
+    Span<const std::int32_t, S> targets;  // [N]
+    Span<const ModalityId, S> modality;   // [N]
   };
   struct Output {
     Var<T, B> loss;             // [1, 1] cross-entropy + aux losses: backward from here
@@ -88,20 +90,23 @@ class TinyLm {
   TinyLm(const TinyLm&) = delete;
   TinyLm& operator=(const TinyLm&) = delete;
 
-  [[nodiscard]] ParamArena<T, B>& params() { return arena_; }
-  [[nodiscard]] const Config& config() const { return cfg_; }
+  [[nodiscard]] ParamArena<T, B>& params() {
+    return arena_;
+  }
+  [[nodiscard]] const Config& config() const {
+    return cfg_;
+  }
   [[nodiscard]] const Ffn& ffn(std::int64_t layer) const {
     return ffns_[static_cast<std::size_t>(layer)];
   }
 
   // The loss of one batch; with the tape recording, tape.backward(out.loss) fills params().
   // `training` turns router noise on (seeded by `seed`). The batch must outlive the backward.
-  [[nodiscard]] Output forward(Tape& tape, B& b, const Batch& batch, bool training = false,
-                               std::uint64_t seed = 0) {
+  [[nodiscard]] Output forward(
+      Tape& tape, B& b, const Batch& batch, bool training = false, std::uint64_t seed = 0) {
     const std::int64_t n = batch.tokens.size;
     MMSPARSE_CHECK(batch.targets.size == n, "TinyLm::forward", "targets", n, batch.targets.size);
-    MMSPARSE_CHECK(batch.modality.size == n, "TinyLm::forward", "modality", n,
-                   batch.modality.size);
+    MMSPARSE_CHECK(batch.modality.size == n, "TinyLm::forward", "modality", n, batch.modality.size);
     Output out;
     Var<T, B> h = embedding(tape, b, batch.tokens, param(b, embed_));  // [N, d]
     std::vector<Var<T, B>> aux;
@@ -132,7 +137,9 @@ class TinyLm {
   }
 
  private:
-  Var<T, B> param(B& b, std::int64_t id) { return arena_.var(b, id); }
+  Var<T, B> param(B& b, std::int64_t id) {
+    return arena_.var(b, id);
+  }
 
   template <class Wt>
   static void copy_weights(B& b, const Wt& dst, const Wt& src) {

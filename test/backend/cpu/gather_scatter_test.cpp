@@ -102,3 +102,25 @@ TEST_CASE("gathered_row_dot takes the dot product with the indexed row", "[backe
     REQUIRE(out[r] == Approx(want).epsilon(1e-13).margin(1e-15));
   }
 }
+
+TEST_CASE("gather_values and scatter_values move 1-D values through an index map",
+          "[backend][cpu]") {
+  mm::CpuBackend<float> b;
+  const std::vector<std::int32_t> src = {10, 11, 12, 13};
+  const std::vector<std::int32_t> index = {2, -1, 0, 3, -1};
+  std::vector<std::int32_t> dst(5, 99);
+  b.gather_values(mm::Span<std::int32_t>(dst.data(), 5),
+                  mm::Span<const std::int32_t>(src.data(), 4),
+                  mm::Span<const std::int32_t>(index.data(), 5),
+                  std::int32_t{-1});
+  CHECK(dst == std::vector<std::int32_t>{12, -1, 10, 13, -1});
+  const std::vector<float> values = {0.5f, 1.5f, 2.5f, 3.5f, 4.5f};
+  std::vector<float> out(4, -2.0f);
+  b.scatter_values(mm::Span<float>(out.data(), 4), mm::Span<const float>(values.data(), 5),
+                   mm::Span<const std::int32_t>(index.data(), 5));
+  CHECK(out == std::vector<float>{2.5f, -2.0f, 0.5f, 3.5f});  // index 1 never named: untouched
+  std::vector<float> gathered(5, 7.0f);
+  b.gather_values(mm::Span<float>(gathered.data(), 5), mm::Span<const float>(out.data(), 4),
+                  mm::Span<const std::int32_t>(index.data(), 5), 0.0f);
+  CHECK(gathered == std::vector<float>{0.5f, 0.0f, 2.5f, 3.5f, 0.0f});
+}

@@ -246,6 +246,7 @@ TEST_CASE("OnednnGemm grouped_gemm with packed weights matches Eigen and the ora
       {{0, 5, 5, 17, 30}, 12, 9},  // an empty expert
       {{0, 1, 2, 3}, 7, 5},        // one row per expert
       {{2, 70, 71}, 16, 24},       // rows before the first segment; chunked rows
+      {{0, 3, 5}, 4, 0},           // no output columns
   };
   const std::vector<mm::cpu::OnednnOptions> options = {
       {},

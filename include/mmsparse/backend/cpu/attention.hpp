@@ -1,12 +1,12 @@
 // mmsparse/backend/cpu/attention.hpp
 //
-// Attention kernels of the CPU backend (the GEMMs go through the backend's gemm):
-//   rope, rope_backward        rotary embedding of [n, heads * head_dim] rows at per-row positions
-//                              (Su et al. 2021; interleaved pairs as in LLaMA/Chameleon), and its inverse
-//   masked_softmax_rows(_backward)  softmax of scale * x over the first limit[r] columns of row r
+// Attention kernels of the CPU backend (its GEMMs go through the backend's gemm):
+//   rope_rotate          RoPE of [n, heads * head_dim] rows at per-row positions, or its inverse
+//   masked_softmax_rows  softmax of scale * x over the first limit[r] columns of row r (+ backward)
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -18,9 +18,36 @@ namespace mmsparse::cpu {
 
 inline constexpr std::int64_t attention_parallel_min = 1 << 14;
 
-// y = R(pos) x (inverse: R(pos)^T x). Per head, the pair (2i, 2i + 1) turns by the angle
-// pos * theta^(-2i / head_dim); angles and their sines are taken in double, so large positions
-// keep full precision. y may be x.
+// exp(x) for float in branch-free arithmetic the compiler vectorises: Cody-Waite reduction by
+// ln 2 and Cephes' degree-6 polynomial (about 2 ulp). x is first clamped to [-87.3, 88.3] on its
+// bit pattern (an unsigned min per sign: no float compare or floor, which GCC does not vectorise
+// under -ftrapping-math), so the result is a normal float; -inf and NaN give the clamp values.
+// Double uses std::exp (the oracle stays exact).
+inline float exp_approx(float x) {
+  std::uint32_t u = std::bit_cast<std::uint32_t>(x);
+  u = std::min(u, 0x42b0999au + (u >> 31) * 0x7ffe0000u);  // 88.3f, or -87.3f when negative
+  x = std::bit_cast<float>(u);
+  // n = round(x / ln 2): adding 1.5 * 2^23 leaves the integer in the low mantissa bits.
+  const float t = x * 1.44269504088896341f + 12582912.0f;
+  const float n = t - 12582912.0f;
+  const std::int32_t i = std::bit_cast<std::int32_t>(t) - 0x4b400000;
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((i + 127) << 23);
+}
+inline double exp_approx(double x) {
+  return std::exp(x);
+}
+
+// y = R(pos) x (inverse: R(pos)^T x), interleaved pairs as in LLaMA/Chameleon (Su et al. 2021):
+// per head, the pair (2i, 2i + 1) turns by pos * theta^(-2i / head_dim). Angles and their sines
+// are taken in double, so large positions keep full precision. y may be x.
 template <class T>
 void rope_rotate(View<T> y,
                  View<const T> x,
@@ -70,16 +97,19 @@ void masked_softmax_rows(View<T> y, View<const T> x, Span<const std::int32_t> li
     const std::int64_t n = std::clamp<std::int64_t>(limit[r], 0, x.cols);
     if (n > 0) {
       A m = sc * scalar_cast<A>(in[0]);
+#pragma omp simd reduction(max : m)
       for (std::int64_t j = 1; j < n; ++j) {
         m = std::max(m, sc * scalar_cast<A>(in[j]));
       }
       A sum{};
+#pragma omp simd reduction(+ : sum)
       for (std::int64_t j = 0; j < n; ++j) {
-        const A e = std::exp(sc * scalar_cast<A>(in[j]) - m);
+        const A e = exp_approx(sc * scalar_cast<A>(in[j]) - m);
         out[j] = scalar_cast<T>(e);
         sum += e;
       }
       const A inv = A{1} / sum;
+#pragma omp simd
       for (std::int64_t j = 0; j < n; ++j) {
         out[j] = scalar_cast<T>(scalar_cast<A>(out[j]) * inv);
       }
@@ -91,11 +121,8 @@ void masked_softmax_rows(View<T> y, View<const T> x, Span<const std::int32_t> li
 // Backward of masked_softmax_rows: dx = scale * y . (dy - <y, dy>) on the first limit[r]
 // columns, 0 elsewhere. Overwrites dx; dx may be dy.
 template <class T>
-void masked_softmax_rows_backward(View<T> dx,
-                                  View<const T> y,
-                                  View<const T> dy,
-                                  Span<const std::int32_t> limit,
-                                  double scale) {
+void masked_softmax_rows_backward(
+    View<T> dx, View<const T> y, View<const T> dy, Span<const std::int32_t> limit, double scale) {
   using A = accum_t<T>;
   const A sc = static_cast<A>(scale);
 #pragma omp parallel for schedule(static) if (y.rows * y.cols > attention_parallel_min)
@@ -105,9 +132,11 @@ void masked_softmax_rows_backward(View<T> dx,
     T* out = dx.row(r);
     const std::int64_t n = std::clamp<std::int64_t>(limit[r], 0, y.cols);
     A dot{};
+#pragma omp simd reduction(+ : dot)
     for (std::int64_t j = 0; j < n; ++j) {
       dot += scalar_cast<A>(py[j]) * scalar_cast<A>(pdy[j]);
     }
+#pragma omp simd
     for (std::int64_t j = 0; j < n; ++j) {
       out[j] = scalar_cast<T>(sc * scalar_cast<A>(py[j]) * (scalar_cast<A>(pdy[j]) - dot));
     }

@@ -1,8 +1,8 @@
 // mmsparse/backend/cpu/norm.hpp
 //
 // Row normalisation kernels of the CPU backend, forward and backward:
-//   rms_norm    y = x * rstd * w,                 rstd = 1 / sqrt(mean(x^2) + eps)   (LLaMA, Chameleon)
-//   layer_norm  y = (x - mean) * rstd * w + bias, rstd = 1 / sqrt(var(x) + eps)
+//   rms_norm    y = x * rstd * w,                 rstd = 1 / sqrt(mean(x^2) + eps)   (LLaMA,
+//   Chameleon) layer_norm  y = (x - mean) * rstd * w + bias, rstd = 1 / sqrt(var(x) + eps)
 // The forward saves rstd (and mean) per row; the backward accumulates (+=) into dx, dw, dbias.
 // Weight reductions split the work by columns, so results do not depend on the thread count.
 #pragma once
@@ -19,11 +19,7 @@ namespace mmsparse::cpu {
 inline constexpr std::int64_t norm_parallel_min = 1 << 14;
 
 template <class T>
-void rms_norm(View<T> y,
-              Span<accum_t<T>> rstd,
-              View<const T> x,
-              View<const T> w,
-              double eps) {
+void rms_norm(View<T> y, Span<accum_t<T>> rstd, View<const T> x, View<const T> w, double eps) {
   using A = accum_t<T>;
   const std::int64_t d = x.cols;
 #pragma omp parallel for schedule(static) if (x.rows * d > norm_parallel_min)
@@ -61,7 +57,8 @@ void rms_norm_backward(View<T> dx,
     }
     const A c = dot * r * r * r / static_cast<A>(d);
     for (std::int64_t j = 0; j < d; ++j) {
-      const A g = r * scalar_cast<A>(w(0, j)) * scalar_cast<A>(dy(i, j)) - c * scalar_cast<A>(x(i, j));
+      const A g =
+          r * scalar_cast<A>(w(0, j)) * scalar_cast<A>(dy(i, j)) - c * scalar_cast<A>(x(i, j));
       dx(i, j) = scalar_cast<T>(scalar_cast<A>(dx(i, j)) + g);
     }
   }

@@ -222,6 +222,7 @@ inline std::uint64_t bits_of(double v) {
 
 }  // namespace onednn_detail
 
+// One instance per backend (and so per thread that drives it): its caches are not locked.
 class OnednnGemm {
  public:
   static constexpr const char* name = "onednn";
@@ -332,7 +333,7 @@ class OnednnGemm {
         return;
       }
       const std::int64_t block = w.rows / blocks;
-      for (std::int64_t e = 0; e < blocks; ++e) {
+      for (std::int64_t e = 0; e < blocks && !w.empty(); ++e) {
         (void)pack_for(w.row_block(e * block, block), tw);
       }
     }
@@ -692,7 +693,7 @@ class OnednnGemm {
   template <class T>
   void packed_gemm(
       View<T> c, View<const T> a, View<const T> w, Trans tw, double alpha, double beta) {
-    if (a.cols == 0 || options_.pack == PackMode::never) {
+    if (c.cols == 0 || a.cols == 0 || options_.pack == PackMode::never) {
       plain_gemm(c, a, Trans::no, w, tw, alpha, beta);
       return;
     }

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -130,25 +131,30 @@ template <class T>
   return align;
 }
 
+// Shapes of C = op(A) op(B); `a_name` / `b_name` name the operands in the messages.
 template <class T>
 void check_gemm_shapes(const char* op,
                        View<T, device_space> c,
                        View<const T, device_space> a,
                        Trans ta,
                        View<const T, device_space> b,
-                       Trans tb) {
+                       Trans tb,
+                       const char* a_name = "a",
+                       const char* b_name = "b") {
   const std::int64_t am = ta == Trans::no ? a.rows : a.cols;
   const std::int64_t ak = ta == Trans::no ? a.cols : a.rows;
   const std::int64_t bk = tb == Trans::no ? b.rows : b.cols;
   const std::int64_t bn = tb == Trans::no ? b.cols : b.rows;
-  MMSPARSE_CHECK(am == c.rows, op, "a", "op(a) with " + std::to_string(c.rows) + " rows",
-                 a.shape());
-  MMSPARSE_CHECK(bn == c.cols, op, "b", "op(b) with " + std::to_string(c.cols) + " columns",
+  const auto of = [](const char* name) { return std::string("op(") + name + ")"; };
+  MMSPARSE_CHECK(am == c.rows, op, a_name,
+                 of(a_name) + " with " + std::to_string(c.rows) + " rows", a.shape());
+  MMSPARSE_CHECK(bn == c.cols, op, b_name,
+                 of(b_name) + " with " + std::to_string(c.cols) + " columns", b.shape());
+  MMSPARSE_CHECK(bk == ak, op, b_name, of(b_name) + " with " + std::to_string(ak) + " rows",
                  b.shape());
-  MMSPARSE_CHECK(bk == ak, op, "b", "op(b) with " + std::to_string(ak) + " rows", b.shape());
   const auto strided = [](const auto& v) { return v.rows <= 1 || v.stride >= v.cols; };
-  MMSPARSE_CHECK(strided(a) && strided(b) && strided(c), op, "views",
-                 "row strides >= columns", "an overlapping view");
+  MMSPARSE_CHECK(strided(a) && strided(b) && strided(c), op, "views", "row strides >= columns",
+                 "an overlapping view");
 }
 
 }  // namespace detail
@@ -206,7 +212,8 @@ class CublasLtGemm {
     const std::int64_t experts = check_offsets(op, offsets, std::min(a.rows, c.rows), w.rows);
     const std::int64_t block = w.rows / experts;
     const auto we = w.row_block(0, block);
-    detail::check_gemm_shapes(op, c.row_block(0, 0), a.row_block(0, 0), Trans::no, we, tw);
+    detail::check_gemm_shapes(op, c.row_block(0, 0), a.row_block(0, 0), Trans::no, we, tw, "a",
+                              "w");
     std::vector<detail::ColMajorProblem> problems;
     for (std::int64_t e = 0; e < experts; ++e) {
       const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
@@ -234,7 +241,7 @@ class CublasLtGemm {
     const std::int64_t experts = check_offsets(op, offsets, std::min(a.rows, b.rows), w.rows);
     const std::int64_t block = w.rows / experts;
     detail::check_gemm_shapes(op, w.row_block(0, block), a.row_block(0, 0), Trans::yes,
-                              b.row_block(0, 0), Trans::no);
+                              b.row_block(0, 0), Trans::no, "a", "b");
     std::vector<detail::ColMajorProblem> problems;
     for (std::int64_t e = 0; e < experts; ++e) {
       const std::int64_t begin = offsets[static_cast<std::size_t>(e)];

@@ -22,6 +22,7 @@
 #include <mmsparse/core/view.hpp>
 #include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/backend/cuda/check.cuh>
+#include <mmsparse/backend/cuda/memory.cuh>
 
 namespace mmsparse::gpu {
 

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <span>
 
+#include <mmsparse/core/math.hpp>
 #include <mmsparse/core/view.hpp>
 #include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/backend/cuda/check.cuh>
@@ -43,23 +44,6 @@ __global__ void scatter_values_kernel(Span<U, device_space> dst,
       dst[i] = src[r];
     }
   }
-}
-
-// The segment e with offsets[e] <= i < offsets[e + 1] (offsets non-decreasing, E + 1 entries).
-MMSPARSE_DEVICE MMSPARSE_FORCEINLINE std::int64_t segment_of(const std::int64_t* offsets,
-                                                             std::int64_t segments,
-                                                             std::int64_t i) {
-  std::int64_t lo = 0;
-  std::int64_t hi = segments;  // invariant: offsets[lo] <= i < offsets[hi]
-  while (hi - lo > 1) {
-    const std::int64_t mid = (lo + hi) / 2;
-    if (offsets[mid] <= i) {
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  return lo;
 }
 
 template <int = 0>

@@ -18,6 +18,7 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
+#include <mmsparse/core/math.hpp>
 #include <mmsparse/core/view.hpp>
 #include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/backend/cuda/cub_ops.cuh>
@@ -42,10 +43,10 @@ __global__ void topk_rows_kernel(std::int32_t* __restrict__ index,
       W best_score{};
       for (std::int32_t i = 0; i < scores.cols; ++i) {
         const W v = s[i];
-        if (last_index >= 0 && !(v < last || (v == last && i > last_index))) {
+        if (last_index >= 0 && !ranks_before(last, last_index, v, i)) {
           continue;
         }
-        if (best < 0 || v > best_score) {
+        if (best < 0 || ranks_before(v, i, best_score, best)) {
           best = i;
           best_score = v;
         }

@@ -1,0 +1,308 @@
+// bench/sparse_ffn_bench.cpp
+//
+// Forward of the sparse FFN for each router x dispatch scheme at MoMa-like shapes (d = 512,
+// hidden 1536, 4096 tokens, text/image 50/50 and 20/80; test/cases/sparse_ffn_cases.hpp), each
+// against the dense SwiGLU FFN of equal active FLOPs (run first, same binary: ratio_to_dense),
+// the routing + dispersion time alone (its share of the layer), and one large GEMM as yardstick.
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "bench_context.hpp"
+#include "cases/sparse_ffn_cases.hpp"
+#include <mmsparse/backend/cpu/backend.hpp>
+#include <mmsparse/backend/cpu/eigen_gemm.hpp>
+#include <mmsparse/dispatch/dense_mask.hpp>
+#include <mmsparse/dispatch/layout.hpp>
+#include <mmsparse/dispatch/padded_capacity.hpp>
+#include <mmsparse/dispatch/sorted_gather.hpp>
+#include <mmsparse/layers/sparse_ffn.hpp>
+#include <mmsparse/layers/swiglu_ffn.hpp>
+
+namespace mm = mmsparse;
+namespace cases = mmsparse::cases;
+
+namespace {
+
+using Backend = mm::CpuBackend<float>;
+
+Backend& backend() {
+  static Backend b;  // threads: OMP_NUM_THREADS (OpenMP's default otherwise)
+  return b;
+}
+
+// Mean wall seconds per iteration of the benchmarks run so far, by name.
+std::map<std::string, double>& seconds() {
+  static std::map<std::string, double> s;
+  return s;
+}
+
+struct Input {
+  mm::Tensor<float> x;  // [N, d]
+  std::vector<mm::ModalityId> ids;
+};
+
+const Input& input_of(const cases::SparseFfnCase& c) {
+  static std::map<std::string, std::unique_ptr<Input>> inputs;
+  auto& in = inputs[c.name];
+  if (!in) {
+    mm::Rng rng(c.seed * 31 + 5);
+    in = std::make_unique<Input>(
+        Input{rng.normal_tensor<float>(c.tokens, c.d), cases::modalities_of(c)});
+  }
+  return *in;
+}
+
+// Layer construction draws ~20M normals: keep the last one of each type for the repeated calls
+// Google Benchmark makes of one benchmark.
+template <class L>
+L& layer_for(const std::string& name, const typename L::Config& cfg) {
+  static std::string current;
+  static std::unique_ptr<L> layer;
+  if (!layer || current != name) {
+    layer.reset();
+    layer = std::make_unique<L>(cfg);
+    current = name;
+  }
+  return *layer;
+}
+
+// Runs `body` once per iteration, timing each; stores the mean under `name`.
+template <class F>
+double timed_loop(benchmark::State& state, const std::string& name, F&& body) {
+  double total = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    body();
+    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  const double mean = total / static_cast<double>(state.iterations());
+  seconds()[name] = mean;
+  return mean;
+}
+
+// FLOP/s of what ran (Eigen's benchmark convention: per-iteration FLOPs as an invariant rate).
+void flops_counter(benchmark::State& state, double flops) {
+  state.counters["FLOPS"] = benchmark::Counter(
+      flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// C [m, n] = A [m, k] B [k, n] through the backend's GEMM provider, or Eigen directly.
+template <class Gemm>
+void bm_gemm(benchmark::State& state,
+             const std::string& name,
+             std::int64_t m,
+             std::int64_t k,
+             std::int64_t n) {
+  mm::Rng rng(1);
+  auto a = rng.normal_tensor<float>(m, k);
+  auto b = rng.normal_tensor<float>(k, n);
+  mm::Tensor<float> c(m, n);
+  Gemm gemm;
+  timed_loop(state, name, [&] {
+    gemm.gemm(c.view(),
+              mm::View<const float>(a.view()),
+              mm::Trans::no,
+              mm::View<const float>(b.view()),
+              mm::Trans::no,
+              1.0,
+              0.0);
+    benchmark::DoNotOptimize(c.data());
+  });
+  flops_counter(state, 2.0 * m * k * n);
+}
+
+void bm_dense(benchmark::State& state,
+              const std::string& name,
+              const cases::SparseFfnCase& c,
+              std::int64_t hidden) {
+  mm::SwiGluFfn<float, Backend> ffn({.d = c.d, .hidden = hidden, .seed = c.seed});
+  const Input& in = input_of(c);
+  mm::Tensor<float> y(c.tokens, c.d);
+  Backend& b = backend();
+  ffn.forward(b, in.x.view(), y.view());  // warm-up
+  timed_loop(state, name, [&] {
+    ffn.forward(b, in.x.view(), y.view());
+    benchmark::DoNotOptimize(y.data());
+  });
+  flops_counter(state, ffn.flops(c.tokens));
+  state.counters["hidden"] = static_cast<double>(hidden);
+}
+
+template <class V, class D>
+void bm_layer(benchmark::State& state,
+              const std::string& name,
+              const cases::SparseFfnCase& c,
+              const std::string& dense) {
+  using L = mm::SparseFfn<float, typename V::router, D, Backend>;
+  L& layer = layer_for<L>(name, cases::layer_config<L, V>(c));
+  const Input& in = input_of(c);
+  const mm::Span<const mm::ModalityId> modality(in.ids.data(), c.tokens);
+  mm::Tensor<float> y(c.tokens, c.d);
+  Backend& b = backend();
+  auto stats = layer.forward(b, in.x.view(), modality, y.view());  // warm-up
+  const double t = timed_loop(state, name, [&] {
+    stats = layer.forward(b, in.x.view(), modality, y.view());
+    benchmark::DoNotOptimize(y.data());
+  });
+  flops_counter(state, stats.flops);
+  const auto it = seconds().find(dense);
+  if (it != seconds().end()) {
+    state.counters["ratio_to_dense"] = t / it->second;
+  }
+  std::int64_t slots = 0;
+  for (auto n : stats.tokens_per_expert) {
+    slots += n;
+  }
+  state.counters["slots_per_token"] = static_cast<double>(slots) / static_cast<double>(c.tokens);
+  if (stats.dropped > 0) {
+    state.counters["dropped"] = static_cast<double>(stats.dropped);
+  }
+}
+
+// Routing + layout + gather + gate-weighted scatter-add alone (no expert math), with the
+// sorted-gather layout; share_of_layer against the full sorted-gather layer.
+template <class V>
+void bm_dispersion(benchmark::State& state,
+                   const std::string& name,
+                   const cases::SparseFfnCase& c,
+                   const std::string& layer_name) {
+  using L = mm::SparseFfn<float, typename V::router, mm::SortedGather, Backend>;
+  L& layer = layer_for<L>(layer_name, cases::layer_config<L, V>(c));
+  const Input& in = input_of(c);
+  Backend& b = backend();
+  mm::Tensor<float> y(c.tokens, c.d);
+  const auto w = layer.weights();
+  mm::RouteArgs<Backend> args;
+  args.x = in.x.view();
+  args.modality = mm::Span<const mm::ModalityId>(in.ids.data(), c.tokens);
+  args.router_weight = w.router;
+  args.num_modalities = layer.config().modalities;
+  args.experts_per_group = layer.config().experts;
+  typename V::router::template Saved<Backend> saved;
+  const mm::SortedGather scheme{};
+  auto body = [&] {
+    auto frame = b.workspace().frame();
+    const auto plan = layer.router().route(b, args, saved);
+    auto layout = mm::take_layout(b, scheme.rows(plan));
+    mm::make_layout(b, layout, scheme, plan);
+    auto xg = b.workspace().template take<float>(layout.rows(), c.d);  // [R, d]
+    mm::dispatch_gather(b, xg, in.x.view(), layout);
+    mm::dispatch_combine(b, y.view(), mm::View<const float>(xg), layout);
+    benchmark::DoNotOptimize(y.data());
+  };
+  body();  // warm-up
+  const double t = timed_loop(state, name, body);
+  const auto it = seconds().find(layer_name);
+  if (it != seconds().end()) {
+    state.counters["share_of_layer"] = t / it->second;
+  }
+}
+
+std::string case_name(const cases::SparseFfnCase& c) {
+  return c.name;
+}
+
+const cases::SparseFfnCase& bench_case(const std::string& name) {
+  for (const auto& c : cases::bench_cases()) {
+    if (c.name == name) {
+      return c;
+    }
+  }
+  throw mm::Error("[sparse_ffn_bench] no bench case " + name);
+}
+
+std::set<std::string>& registered() {
+  static std::set<std::string> r;
+  return r;
+}
+
+// Registers, in run order: the equal-FLOPs dense FFN (once per shape), the layer under each
+// dispatch scheme, and the routing + dispersion time of the sorted-gather layer.
+template <class V, class... D>
+void register_layer(const std::string& case_id) {
+  const cases::SparseFfnCase& c = bench_case(case_id);
+  const std::int64_t hidden = mm::equal_flops_dense_hidden(c.hidden, V::planned_slots(c), c.tokens);
+  const std::string dense = "BM_dense_ffn/" + case_name(c) + "/hidden:" + std::to_string(hidden);
+  if (registered().insert(dense).second) {
+    benchmark::RegisterBenchmark(
+        dense.c_str(), [&c, dense, hidden](benchmark::State& s) { bm_dense(s, dense, c, hidden); })
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  const std::string sorted =
+      std::string("BM_sparse_ffn_") + V::name + "_sorted_gather/" + case_name(c);
+  (
+      [&] {
+        const std::string name = std::string("BM_sparse_ffn_") + V::name + "_" +
+                                 std::string(D::name) + "/" + case_name(c);
+        benchmark::RegisterBenchmark(
+            name.c_str(),
+            [&c, name, dense](benchmark::State& s) { bm_layer<V, D>(s, name, c, dense); })
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond);
+      }(),
+      ...);
+  const std::string disp = std::string("BM_dispersion_") + V::name + "/" + case_name(c);
+  benchmark::RegisterBenchmark(
+      disp.c_str(),
+      [&c, disp, sorted](benchmark::State& s) { bm_dispersion<V>(s, disp, c, sorted); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  mm::bench::add_context();
+  benchmark::AddCustomContext("gemm_provider", Backend::gemm_provider::name);
+
+  benchmark::RegisterBenchmark("BM_gemm_provider/4096x512x1536",
+                               [](benchmark::State& s) {
+                                 bm_gemm<Backend::gemm_provider>(
+                                     s, "BM_gemm_provider/4096x512x1536", 4096, 512, 1536);
+                               })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("BM_gemm_eigen/4096x512x1536",
+                               [](benchmark::State& s) {
+                                 bm_gemm<mm::cpu::EigenGemm>(
+                                     s, "BM_gemm_eigen/4096x512x1536", 4096, 512, 1536);
+                               })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+
+  using mm::DenseMask;
+  using mm::PaddedCapacity;
+  using mm::SortedGather;
+  // MoT / MoMa 1t1i: hard modality routing.
+  register_layer<cases::HardVariant, SortedGather, PaddedCapacity, DenseMask>("1t1i_50_50");
+  register_layer<cases::HardVariant, SortedGather, PaddedCapacity>("1t1i_20_80");
+  // MoMa: modality-aware expert choice, 1t1i and 4t4i.
+  register_layer<cases::MomaExpertChoiceVariant, SortedGather, PaddedCapacity>("1t1i_50_50");
+  register_layer<cases::MomaExpertChoiceVariant, SortedGather, PaddedCapacity, DenseMask>(
+      "4t4i_50_50");
+  register_layer<cases::MomaExpertChoiceVariant, SortedGather, PaddedCapacity>("4t4i_20_80");
+  // Flat expert choice over 8 experts (sigmoid, Zhou's softmax with capacity factor 2).
+  register_layer<cases::ExpertChoiceSigmoidVariant, SortedGather, PaddedCapacity>("4t4i_50_50");
+  register_layer<cases::ExpertChoiceSoftmaxVariant, SortedGather>("4t4i_50_50");
+  // Token choice top-2 of 8: dropless, and with capacity factor 1.
+  register_layer<cases::TokenChoiceDroplessVariant, SortedGather, PaddedCapacity, DenseMask>(
+      "4t4i_50_50");
+  register_layer<cases::TokenChoiceCapacityVariant, SortedGather, PaddedCapacity>("4t4i_50_50");
+  // Modality-aware token choice (top-2 in each 4-expert group).
+  register_layer<cases::MomaTokenChoiceVariant, SortedGather, PaddedCapacity>("4t4i_20_80");
+  // Mixture-of-depths: one block, half the tokens.
+  register_layer<cases::DepthVariant, SortedGather, PaddedCapacity>("1t1i_50_50");
+
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
