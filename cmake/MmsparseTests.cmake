@@ -68,6 +68,17 @@ if(MMSPARSE_ENABLE_CUDA)
   list(SORT mmsparse_cuda_tests)
   foreach(test_file IN LISTS mmsparse_cuda_tests)
     mmsparse_add_test("${test_file}" mmsparse_cuda)
+    # A CUDA test may compare with the CPU backend through a companion <name>_oracle.cpp beside
+    # it (e.g. layers/sparse_ffn_cuda_oracle.cpp), built by the host compiler: Eigen stays out
+    # of nvcc.
+    string(REGEX REPLACE "_test\\.cu$" "_oracle.cpp" oracle_file "${test_file}")
+    if(EXISTS "${oracle_file}")
+      mmsparse_name_from_path(test_name "${test_file}" "${MMSPARSE_TEST_DIR}")
+      target_sources(${test_name} PRIVATE "${oracle_file}")
+      target_link_libraries(${test_name} PRIVATE mmsparse)
+      set_property(DIRECTORY "${PROJECT_SOURCE_DIR}" APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
+                   "${oracle_file}")
+    endif()
   endforeach()
 endif()
 

@@ -60,7 +60,7 @@ TEST_CASE("top-k tie rule: higher score first, then the lower index", "[core][cp
   STATIC_REQUIRE(mm::ranks_before(1.0, 3, 1.0, 4));
   STATIC_REQUIRE(!mm::ranks_before(1.0, 4, 1.0, 3));
   STATIC_REQUIRE(!mm::ranks_before(1.0, 3, 1.0, 3));  // irreflexive: a strict order
-  REQUIRE(mm::ranks_before(-0.0f, 1, 0.0f, 2));        // signed zeros tie
+  REQUIRE(mm::ranks_before(-0.0f, 1, 0.0f, 2));       // signed zeros tie
   REQUIRE(!mm::ranks_before(0.0f, 2, -0.0f, 1));
   // A strict total order on distinct (score, index) pairs: exactly one of a<b, b<a.
   const float scores[] = {0.5f, -1.0f, 0.5f, 2.0f, -0.0f, 0.0f, 0.5f};

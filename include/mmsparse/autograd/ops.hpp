@@ -54,7 +54,7 @@ View<T, typename B::space> grad_or_scratch(B& b, const Var<T, B>& v) {
 }
 
 template <class T, class S>
-View<const T, S> cview(View<T, S> v) {
+View<const T, S> const_view(View<T, S> v) {
   return v;
 }
 
@@ -69,9 +69,9 @@ template <class B, class T = typename B::scalar>
   Var<T, B> y(b, Tensor<T, S>(x.shape().rows, w.shape().cols), grad);
   linear_forward(b,
                  y.value(),
-                 detail::cview(x.value()),
-                 detail::cview(w.value()),
-                 bias.defined() ? detail::cview(bias.value()) : View<const T, S>{});
+                 detail::const_view(x.value()),
+                 detail::const_view(w.value()),
+                 bias.defined() ? detail::const_view(bias.value()) : View<const T, S>{});
   if (grad) {
     tape.record([&b, x, w, bias, y] {
       if (!y.has_grad()) {
@@ -81,9 +81,9 @@ template <class B, class T = typename B::scalar>
                       detail::grad_or_empty(x),
                       detail::grad_or_empty(w),
                       detail::grad_or_empty(bias),
-                      detail::cview(y.grad()),
-                      detail::cview(x.value()),
-                      detail::cview(w.value()));
+                      detail::const_view(y.grad()),
+                      detail::const_view(x.value()),
+                      detail::const_view(w.value()));
     });
   }
   return y;
@@ -96,8 +96,8 @@ template <class B, class T = typename B::scalar>
   MMSPARSE_CHECK(a.shape() == c.shape(), "add", "c", a.shape(), c.shape());
   const bool grad = tape.recording() && detail::any_requires_grad(a, c);
   Var<T, B> y(b, Tensor<T, S>(a.shape()), grad);
-  b.copy(y.value(), detail::cview(a.value()));
-  b.axpy(y.value(), detail::cview(c.value()), 1.0);
+  b.copy(y.value(), detail::const_view(a.value()));
+  b.axpy(y.value(), detail::const_view(c.value()), 1.0);
   if (grad) {
     tape.record([&b, a, c, y] {
       if (!y.has_grad()) {
@@ -105,7 +105,7 @@ template <class B, class T = typename B::scalar>
       }
       for (const auto* v : {&a, &c}) {
         if (v->requires_grad()) {
-          b.axpy(v->grad(), detail::cview(y.grad()), 1.0);
+          b.axpy(v->grad(), detail::const_view(y.grad()), 1.0);
         }
       }
     });
@@ -122,11 +122,11 @@ template <class B, class T = typename B::scalar>
   using S = typename B::space;
   const bool grad = tape.recording() && table.requires_grad();
   Var<T, B> y(b, Tensor<T, S>(tokens.size, table.shape().cols), grad);
-  embedding_forward(b, y.value(), tokens, detail::cview(table.value()));
+  embedding_forward(b, y.value(), tokens, detail::const_view(table.value()));
   if (grad) {
     tape.record([&b, tokens, table, y] {
       if (y.has_grad()) {
-        embedding_backward(b, table.grad(), detail::cview(y.grad()), tokens);
+        embedding_backward(b, table.grad(), detail::const_view(y.grad()), tokens);
       }
     });
   }
@@ -145,7 +145,8 @@ template <class B, class T = typename B::scalar>
   Tensor<A, S> rstd;  // [N, 1], kept for the backward
   auto r = grad ? (rstd = Tensor<A, S>(x.shape().rows, 1), rstd.span())
                 : b.workspace().template take_span<A>(x.shape().rows);
-  rms_norm_forward(b, y.value(), r, detail::cview(x.value()), detail::cview(w.value()), eps);
+  rms_norm_forward(
+      b, y.value(), r, detail::const_view(x.value()), detail::const_view(w.value()), eps);
   if (grad) {
     tape.record([&b, x, w, y, rstd = std::move(rstd)] {
       if (!y.has_grad()) {
@@ -155,9 +156,9 @@ template <class B, class T = typename B::scalar>
       rms_norm_backward(b,
                         detail::grad_or_scratch(b, x),
                         detail::grad_or_scratch(b, w),
-                        detail::cview(y.grad()),
-                        detail::cview(x.value()),
-                        detail::cview(w.value()),
+                        detail::const_view(y.grad()),
+                        detail::const_view(x.value()),
+                        detail::const_view(w.value()),
                         rstd.span());
     });
   }
@@ -192,9 +193,9 @@ template <class B, class T = typename B::scalar>
                      y.value(),
                      mean,
                      rstd,
-                     detail::cview(x.value()),
-                     detail::cview(w.value()),
-                     bias.defined() ? detail::cview(bias.value()) : View<const T, S>{},
+                     detail::const_view(x.value()),
+                     detail::const_view(w.value()),
+                     bias.defined() ? detail::const_view(bias.value()) : View<const T, S>{},
                      eps);
   if (grad) {
     tape.record([&b, x, w, bias, y, stats = std::move(stats)] {
@@ -207,9 +208,9 @@ template <class B, class T = typename B::scalar>
                           detail::grad_or_scratch(b, x),
                           detail::grad_or_scratch(b, w),
                           detail::grad_or_empty(bias),
-                          detail::cview(y.grad()),
-                          detail::cview(x.value()),
-                          detail::cview(w.value()),
+                          detail::const_view(y.grad()),
+                          detail::const_view(x.value()),
+                          detail::const_view(w.value()),
                           Span<const A, S>(stats.data(), n),
                           Span<const A, S>(stats.data() + n, n));
     });
@@ -224,7 +225,7 @@ template <class B, class T = typename B::scalar>
   MMSPARSE_CHECK(a.shape() == g.shape(), "swiglu", "g", a.shape(), g.shape());
   const bool grad = tape.recording() && detail::any_requires_grad(a, g);
   Var<T, B> h(b, Tensor<T, S>(a.shape()), grad);
-  b.swiglu(h.value(), detail::cview(a.value()), detail::cview(g.value()));
+  b.swiglu(h.value(), detail::const_view(a.value()), detail::const_view(g.value()));
   if (grad) {
     tape.record([&b, a, g, h] {
       if (!h.has_grad()) {
@@ -233,13 +234,16 @@ template <class B, class T = typename B::scalar>
       auto f = b.workspace().frame();
       auto da = b.workspace().template take<T>(a.shape().rows, a.shape().cols);  // [N, f]
       auto dg = b.workspace().template take<T>(a.shape().rows, a.shape().cols);  // [N, f]
-      b.swiglu_backward(
-          da, dg, detail::cview(h.grad()), detail::cview(a.value()), detail::cview(g.value()));
+      b.swiglu_backward(da,
+                        dg,
+                        detail::const_view(h.grad()),
+                        detail::const_view(a.value()),
+                        detail::const_view(g.value()));
       if (a.requires_grad()) {
-        b.axpy(a.grad(), detail::cview(da), 1.0);
+        b.axpy(a.grad(), detail::const_view(da), 1.0);
       }
       if (g.requires_grad()) {
-        b.axpy(g.grad(), detail::cview(dg), 1.0);
+        b.axpy(g.grad(), detail::const_view(dg), 1.0);
       }
     });
   }
@@ -271,7 +275,7 @@ template <class B, class T = typename B::scalar>
   Tensor<A, S> stats(2, n);  // [2, N]: per-token loss, logsumexp
   Span<A, S> loss(stats.data(), n);
   Span<A, S> lse(stats.data() + n, n);
-  cross_entropy_forward(b, loss, lse, detail::cview(logits.value()), targets);
+  cross_entropy_forward(b, loss, lse, detail::const_view(logits.value()), targets);
   CrossEntropyResult<T, B> out;
   out.report = cross_entropy_report(Span<const A, S>(loss), modality, num_modalities);
   Tensor<T, S> value(1, 1);
@@ -286,7 +290,7 @@ template <class B, class T = typename B::scalar>
       const double dl = static_cast<double>(scalar_cast<A>(y.grad()(0, 0)));
       cross_entropy_backward(b,
                              logits.grad(),
-                             detail::cview(logits.value()),
+                             detail::const_view(logits.value()),
                              Span<const A, S>(stats.data() + rows, rows),
                              targets,
                              dl / static_cast<double>(rows));
@@ -308,17 +312,17 @@ template <class B, class T = typename B::scalar>
   const bool grad = tape.recording();
   Var<T, B> y(b, Tensor<T, S>(x.shape()), grad);
   if (!grad) {
-    layer.forward(b, detail::cview(x.value()), y.value());
+    layer.forward(b, detail::const_view(x.value()), y.value());
     return y;
   }
   typename Layer::Saved saved;
-  layer.forward(b, detail::cview(x.value()), y.value(), saved);
+  layer.forward(b, detail::const_view(x.value()), y.value(), saved);
   tape.record([&b, &layer, grads, x, y, saved = std::move(saved)] {
     if (!y.has_grad()) {
       return;
     }
     auto f = b.workspace().frame();
-    layer.backward(b, saved, detail::cview(y.grad()), detail::grad_or_scratch(b, x), grads);
+    layer.backward(b, saved, detail::const_view(y.grad()), detail::grad_or_scratch(b, x), grads);
   });
   return y;
 }
@@ -350,9 +354,10 @@ template <class T, class R, class D, class B>
   out.y = Var<T, B>(b, Tensor<T, S>(x.shape()), grad);
   typename Layer::Saved saved;
   if (grad) {
-    out.stats = layer.forward(b, detail::cview(x.value()), modality, out.y.value(), saved, options);
+    out.stats =
+        layer.forward(b, detail::const_view(x.value()), modality, out.y.value(), saved, options);
   } else {
-    out.stats = layer.forward(b, detail::cview(x.value()), modality, out.y.value(), options);
+    out.stats = layer.forward(b, detail::const_view(x.value()), modality, out.y.value(), options);
   }
   Tensor<T, S> aux(1, 1);
   aux(0, 0) = scalar_cast<T>(out.stats.aux.total());
@@ -366,7 +371,8 @@ template <class T, class R, class D, class B>
       const double aux_scale =
           a.has_grad() ? static_cast<double>(scalar_cast<accum_t<T>>(a.grad()(0, 0))) : 0.0;
       View<T, S> dy = y.has_grad() ? y.grad() : detail::scratch_zeros<T>(b, y.shape());
-      layer.backward(b, saved, detail::cview(dy), detail::grad_or_scratch(b, x), grads, aux_scale);
+      layer.backward(
+          b, saved, detail::const_view(dy), detail::grad_or_scratch(b, x), grads, aux_scale);
     });
   }
   return out;

@@ -11,7 +11,9 @@
 #include <string_view>
 #include <vector>
 
+#if !defined(__CUDACC__)  // the CPU backend (Eigen) stays out of nvcc translation units
 #include <mmsparse/backend/cpu/backend.hpp>
+#endif
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/dispatch/concepts.hpp>
 #include <mmsparse/dispatch/layout.hpp>
@@ -72,7 +74,9 @@ struct PaddedCapacity {
   }
 };
 
+#if !defined(__CUDACC__)
 static_assert(dispatch_scheme_for<PaddedCapacity, CpuBackend<float>>,
               "PaddedCapacity must model dispatch_scheme_for<CpuBackend<float>>");
+#endif
 
 }  // namespace mmsparse

@@ -9,7 +9,9 @@
 #include <string_view>
 #include <vector>
 
+#if !defined(__CUDACC__)  // the CPU backend (Eigen) stays out of nvcc translation units
 #include <mmsparse/backend/cpu/backend.hpp>
+#endif
 #include <mmsparse/dispatch/concepts.hpp>
 #include <mmsparse/dispatch/layout.hpp>
 #include <mmsparse/routing/plan.hpp>
@@ -43,7 +45,9 @@ struct SortedGather {
   }
 };
 
+#if !defined(__CUDACC__)
 static_assert(dispatch_scheme_for<SortedGather, CpuBackend<float>>,
               "SortedGather must model dispatch_scheme_for<CpuBackend<float>>");
+#endif
 
 }  // namespace mmsparse

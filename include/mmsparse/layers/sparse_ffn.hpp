@@ -118,18 +118,22 @@ class SparseFfn {
     router_columns_ = router_.router_columns(std::span<const std::int64_t>(cfg_.experts));
     MMSPARSE_CHECK(router_columns_ >= 0, op, "router columns", ">= 0", router_columns_);
 
-    const std::int64_t d = cfg_.d;
-    const std::int64_t f = cfg_.hidden;
-    router_w_ = Tensor<W, S>(d, router_columns_);
-    w1_ = Tensor<T, S>(experts_ * d, f);
-    w3_ = Tensor<T, S>(experts_ * d, f);
-    w2_ = Tensor<T, S>(experts_ * f, d);
-    Rng rng(cfg_.seed);
-    detail::init_normal(router_w_, rng, 1.0 / std::sqrt(static_cast<double>(d)));
-    detail::init_normal(w1_, rng, 1.0 / std::sqrt(static_cast<double>(d)));
-    detail::init_normal(w3_, rng, 1.0 / std::sqrt(static_cast<double>(d)));
-    detail::init_normal(w2_, rng, 1.0 / std::sqrt(static_cast<double>(f)));
-    weights_ = {router_w_.view(), w1_.view(), w3_.view(), w2_.view()};
+    // A layer on device memory owns no weights: the caller bind()s them (initialised on the host
+    // and copied over, or the engine's own buffers).
+    if constexpr (std::is_same_v<S, host_space>) {
+      const std::int64_t d = cfg_.d;
+      const std::int64_t f = cfg_.hidden;
+      router_w_ = Tensor<W, S>(d, router_columns_);
+      w1_ = Tensor<T, S>(experts_ * d, f);
+      w3_ = Tensor<T, S>(experts_ * d, f);
+      w2_ = Tensor<T, S>(experts_ * f, d);
+      Rng rng(cfg_.seed);
+      detail::init_normal(router_w_, rng, 1.0 / std::sqrt(static_cast<double>(d)));
+      detail::init_normal(w1_, rng, 1.0 / std::sqrt(static_cast<double>(d)));
+      detail::init_normal(w3_, rng, 1.0 / std::sqrt(static_cast<double>(d)));
+      detail::init_normal(w2_, rng, 1.0 / std::sqrt(static_cast<double>(f)));
+      weights_ = {router_w_.view(), w1_.view(), w3_.view(), w2_.view()};
+    }
   }
 
   [[nodiscard]] const Config& config() const {
@@ -311,6 +315,7 @@ class SparseFfn {
     const std::int64_t n = x.rows;
     const std::int64_t d = cfg_.d;
     const std::int64_t f = cfg_.hidden;
+    MMSPARSE_CHECK(weights_.w1.data != nullptr, op, "weights", "bound with bind()", "none");
     MMSPARSE_CHECK(x.cols == d, op, "x", "shape [N, " + std::to_string(d) + "]", x.shape());
     detail::check_shape(op, "y", y, {n, d});
     MMSPARSE_CHECK(

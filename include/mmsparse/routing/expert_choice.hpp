@@ -17,7 +17,9 @@
 #include <vector>
 
 #include <mmsparse/backend/concepts.hpp>
+#if !defined(__CUDACC__)  // the CPU backend (Eigen) stays out of nvcc translation units
 #include <mmsparse/backend/cpu/backend.hpp>
+#endif
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/routing/concepts.hpp>
@@ -255,7 +257,9 @@ struct ExpertChoice {
   }
 };
 
+#if !defined(__CUDACC__)
 static_assert(router_for<ExpertChoice, CpuBackend<float>>,
               "ExpertChoice must model router_for<CpuBackend<float>>");
+#endif
 
 }  // namespace mmsparse

@@ -15,7 +15,9 @@
 #include <utility>
 
 #include <mmsparse/backend/concepts.hpp>
+#if !defined(__CUDACC__)  // the CPU backend (Eigen) stays out of nvcc translation units
 #include <mmsparse/backend/cpu/backend.hpp>
+#endif
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/routing/concepts.hpp>
@@ -105,7 +107,9 @@ struct MixtureOfDepths {
   }
 };
 
+#if !defined(__CUDACC__)
 static_assert(router_for<MixtureOfDepths, CpuBackend<float>>,
               "MixtureOfDepths must model router_for<CpuBackend<float>>");
+#endif
 
 }  // namespace mmsparse

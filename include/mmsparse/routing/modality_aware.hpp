@@ -16,7 +16,9 @@
 #include <vector>
 
 #include <mmsparse/backend/concepts.hpp>
+#if !defined(__CUDACC__)  // the CPU backend (Eigen) stays out of nvcc translation units
 #include <mmsparse/backend/cpu/backend.hpp>
+#endif
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/routing/concepts.hpp>
 #include <mmsparse/routing/expert_choice.hpp>
@@ -264,7 +266,9 @@ struct ModalityAware {
   }
 };
 
+#if !defined(__CUDACC__)
 static_assert(router_for<ModalityAware<ExpertChoice>, CpuBackend<float>>,
               "ModalityAware<ExpertChoice> must model router_for<CpuBackend<float>>");
+#endif
 
 }  // namespace mmsparse

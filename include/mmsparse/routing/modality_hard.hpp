@@ -12,7 +12,9 @@
 #include <string_view>
 
 #include <mmsparse/backend/concepts.hpp>
+#if !defined(__CUDACC__)  // the CPU backend (Eigen) stays out of nvcc translation units
 #include <mmsparse/backend/cpu/backend.hpp>
+#endif
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/routing/concepts.hpp>
 #include <mmsparse/routing/plan.hpp>
@@ -83,7 +85,9 @@ struct ModalityHard {
   }
 };
 
+#if !defined(__CUDACC__)
 static_assert(router_for<ModalityHard, CpuBackend<float>>,
               "ModalityHard must model router_for<CpuBackend<float>>");
+#endif
 
 }  // namespace mmsparse

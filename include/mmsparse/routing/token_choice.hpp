@@ -19,7 +19,9 @@
 #include <vector>
 
 #include <mmsparse/backend/concepts.hpp>
+#if !defined(__CUDACC__)  // the CPU backend (Eigen) stays out of nvcc translation units
 #include <mmsparse/backend/cpu/backend.hpp>
+#endif
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/routing/aux_losses.hpp>
@@ -283,7 +285,9 @@ struct TokenChoice {
   }
 };
 
+#if !defined(__CUDACC__)
 static_assert(router_for<TokenChoice, CpuBackend<float>>,
               "TokenChoice must model router_for<CpuBackend<float>>");
+#endif
 
 }  // namespace mmsparse

@@ -4,8 +4,6 @@
 // double), on random inputs with fixed seeds: fp32 within 1e-5, bf16 within 1e-2 (normwise
 // relative error); integer outputs and routing decisions exactly. Also determinism (scatter
 // twice, bitwise equal), a warm arena that stops allocating, and the argument checks.
-#include "backend/cuda/require_device.cuh"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -20,12 +18,13 @@
 
 #include <catch2/catch.hpp>
 
+#include "backend/cuda/require_device.cuh"
+#include <mmsparse/backend/concepts.hpp>
+#include <mmsparse/backend/cuda/backend.cuh>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/rng.hpp>
 #include <mmsparse/core/tensor.hpp>
-#include <mmsparse/backend/concepts.hpp>
-#include <mmsparse/backend/cuda/backend.cuh>
 
 namespace {
 
@@ -62,8 +61,8 @@ T from_d(double v) {
 
 // A host tensor of uniform draws in [lo, hi), rounded to T.
 template <class T>
-Tensor<T> random_tensor(std::int64_t rows, std::int64_t cols, std::uint64_t seed, double lo = -1.0,
-                        double hi = 1.0) {
+Tensor<T> random_tensor(
+    std::int64_t rows, std::int64_t cols, std::uint64_t seed, double lo = -1.0, double hi = 1.0) {
   mmsparse::Rng rng(seed);
   Tensor<T> t(rows, cols);
   for (std::int64_t i = 0; i < t.size(); ++i) {
@@ -118,15 +117,17 @@ std::vector<double> device_floats(B& b, const DTensor<float>& t) {
 }
 
 // op(X)(i, j) for a row-major host matrix.
-double op_at(const std::vector<double>& x, std::int64_t cols, Trans t, std::int64_t i,
-             std::int64_t j) {
+double op_at(
+    const std::vector<double>& x, std::int64_t cols, Trans t, std::int64_t i, std::int64_t j) {
   return t == Trans::no ? x[static_cast<std::size_t>(i * cols + j)]
                         : x[static_cast<std::size_t>(j * cols + i)];
 }
 
 // ---- matrix products -----------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("cuda gemm matches a double loop for every transpose", "[backend][cuda]", float,
+TEMPLATE_TEST_CASE("cuda gemm matches a double loop for every transpose",
+                   "[backend][cuda]",
+                   float,
                    bf16) {
   using T = TestType;
   CudaBackend<T> b;
@@ -209,21 +210,26 @@ TEST_CASE("cuda gemm names the operand whose shape is wrong", "[backend][cuda]")
   REQUIRE_THROWS_WITH(b.gemm(c.view(), cv(a), Trans::no, cv(w), Trans::no),
                       Catch::Contains("CudaBackend::gemm") && Catch::Contains("b:"));
   DTensor<float> a2(3, 3);
-  REQUIRE_THROWS_WITH(b.gemm(c.view(), cv(a2), Trans::no, cv(w), Trans::no),
-                      Catch::Contains("a:"));
+  REQUIRE_THROWS_WITH(b.gemm(c.view(), cv(a2), Trans::no, cv(w), Trans::no), Catch::Contains("a:"));
 }
 
 // Reference of grouped_gemm over host doubles: C_e = alpha A_e op(W_e) + beta C_e.
-std::vector<double> grouped_reference(const std::vector<double>& a, const std::vector<double>& w,
-                                      std::vector<double> c, std::int64_t k, std::int64_t n,
-                                      Trans tw, const std::vector<std::int64_t>& offsets,
-                                      double alpha, double beta) {
+std::vector<double> grouped_reference(const std::vector<double>& a,
+                                      const std::vector<double>& w,
+                                      std::vector<double> c,
+                                      std::int64_t k,
+                                      std::int64_t n,
+                                      Trans tw,
+                                      const std::vector<std::int64_t>& offsets,
+                                      double alpha,
+                                      double beta) {
   const auto experts = static_cast<std::int64_t>(offsets.size()) - 1;
   const std::int64_t block = tw == Trans::no ? k : n;
   const std::int64_t wcols = tw == Trans::no ? n : k;
   for (std::int64_t e = 0; e < experts; ++e) {
     for (std::int64_t r = offsets[static_cast<std::size_t>(e)];
-         r < offsets[static_cast<std::size_t>(e + 1)]; ++r) {
+         r < offsets[static_cast<std::size_t>(e + 1)];
+         ++r) {
       for (std::int64_t j = 0; j < n; ++j) {
         double s = 0.0;
         for (std::int64_t p = 0; p < k; ++p) {
@@ -240,8 +246,10 @@ std::vector<double> grouped_reference(const std::vector<double>& a, const std::v
   return c;
 }
 
-TEMPLATE_TEST_CASE("cuda grouped_gemm matches per-expert loops in every mode", "[backend][cuda]",
-                   float, bf16) {
+TEMPLATE_TEST_CASE("cuda grouped_gemm matches per-expert loops in every mode",
+                   "[backend][cuda]",
+                   float,
+                   bf16) {
   using T = TestType;
   CudaBackend<T> b;
   const std::int64_t k = 24, n = 40;
@@ -255,15 +263,16 @@ TEMPLATE_TEST_CASE("cuda grouped_gemm matches per-expert loops in every mode", "
     b.set_grouped_gemm_mode(mode);
     for (const auto& offsets : layouts) {
       for (Trans tw : {Trans::no, Trans::yes}) {
-        const std::int64_t rows = offsets.back() + 3;  // rows past the last segment stay as they are
+        const std::int64_t rows =
+            offsets.back() + 3;  // rows past the last segment stay as they are
         const std::int64_t experts = static_cast<std::int64_t>(offsets.size()) - 1;
         auto a = random_tensor<T>(rows, k, 31);
         auto w = tw == Trans::no ? random_tensor<T>(experts * k, n, 32)
                                  : random_tensor<T>(experts * n, k, 32);
         auto c = random_tensor<T>(rows, n, 33);
         const double alpha = 1.25, beta = 0.5;
-        const auto ref = grouped_reference(values(a), values(w), values(c), k, n, tw, offsets,
-                                           alpha, beta);
+        const auto ref =
+            grouped_reference(values(a), values(w), values(c), k, n, tw, offsets, alpha, beta);
         auto da = b.to_device(a);
         auto dw = b.to_device(w);
         auto dc = b.to_device(c);
@@ -275,8 +284,10 @@ TEMPLATE_TEST_CASE("cuda grouped_gemm matches per-expert loops in every mode", "
   }
 }
 
-TEMPLATE_TEST_CASE("cuda grouped_gemm_weight_grad matches per-expert loops", "[backend][cuda]",
-                   float, bf16) {
+TEMPLATE_TEST_CASE("cuda grouped_gemm_weight_grad matches per-expert loops",
+                   "[backend][cuda]",
+                   float,
+                   bf16) {
   using T = TestType;
   CudaBackend<T> b;
   const std::int64_t wr = 12, wc = 20;
@@ -284,8 +295,8 @@ TEMPLATE_TEST_CASE("cuda grouped_gemm_weight_grad matches per-expert loops", "[b
                           mmsparse::GroupedGemm::strided_batched,
                           mmsparse::GroupedGemm::cublas_grouped}) {
     b.set_grouped_gemm_mode(mode);
-    for (const auto& offsets : std::vector<std::vector<std::int64_t>>{{0, 5, 5, 19},
-                                                                      {0, 9, 18, 27}}) {
+    for (const auto& offsets :
+         std::vector<std::vector<std::int64_t>>{{0, 5, 5, 19}, {0, 9, 18, 27}}) {
       const std::int64_t experts = static_cast<std::int64_t>(offsets.size()) - 1;
       const std::int64_t rows = offsets.back();
       auto a = random_tensor<T>(rows, wr, 41);
@@ -299,8 +310,10 @@ TEMPLATE_TEST_CASE("cuda grouped_gemm_weight_grad matches per-expert loops", "[b
           for (std::int64_t j = 0; j < wc; ++j) {
             double s = 0.0;
             for (std::int64_t r = offsets[static_cast<std::size_t>(e)];
-                 r < offsets[static_cast<std::size_t>(e + 1)]; ++r) {
-              s += av[static_cast<std::size_t>(r * wr + i)] * bv[static_cast<std::size_t>(r * wc + j)];
+                 r < offsets[static_cast<std::size_t>(e + 1)];
+                 ++r) {
+              s += av[static_cast<std::size_t>(r * wr + i)] *
+                   bv[static_cast<std::size_t>(r * wc + j)];
             }
             auto& out = ref[static_cast<std::size_t>((e * wr + i) * wc + j)];
             out = alpha * s + beta * out;  // an empty expert: beta W_e
@@ -337,7 +350,9 @@ TEST_CASE("cuda grouped_gemm checks its offsets", "[backend][cuda]") {
 
 // ---- dispersion -----------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("cuda gather_rows copies rows and zero-fills padding", "[backend][cuda]", float,
+TEMPLATE_TEST_CASE("cuda gather_rows copies rows and zero-fills padding",
+                   "[backend][cuda]",
+                   float,
                    bf16) {
   using T = TestType;
   CudaBackend<T> b;
@@ -360,7 +375,9 @@ TEMPLATE_TEST_CASE("cuda gather_rows copies rows and zero-fills padding", "[back
 }
 
 TEMPLATE_TEST_CASE("cuda scatter_add_rows adds in slot order, deterministically",
-                   "[backend][cuda]", float, bf16) {
+                   "[backend][cuda]",
+                   float,
+                   bf16) {
   using T = TestType;
   CudaBackend<T> b;
   for (std::int64_t d : {24, 5}) {
@@ -648,8 +665,8 @@ TEST_CASE("cuda add_logistic_noise draws the counter-based noise of core/rng.hpp
   for (bool ids : {true, false}) {
     auto dy = b.to_device(y);
     auto did = b.to_device(row_id);
-    b.add_logistic_noise(dy.view(), ids ? cs(did) : Span<const std::int32_t, device_space>{},
-                         seed, stride, offset);
+    b.add_logistic_noise(
+        dy.view(), ids ? cs(did) : Span<const std::int32_t, device_space>{}, seed, stride, offset);
     std::vector<double> ref;
     for (std::int64_t r = 0; r < 12; ++r) {
       const std::int64_t id = ids ? row_id[static_cast<std::size_t>(r)] : r;
@@ -899,8 +916,10 @@ TEMPLATE_TEST_CASE("cuda rms_norm and its backward", "[backend][cuda]", float, b
   CHECK(rel_error(device_values(b, ddw), ref_dw) < tolerance<T>);
 }
 
-TEMPLATE_TEST_CASE("cuda layer_norm and its backward, with and without bias", "[backend][cuda]",
-                   float, bf16) {
+TEMPLATE_TEST_CASE("cuda layer_norm and its backward, with and without bias",
+                   "[backend][cuda]",
+                   float,
+                   bf16) {
   using T = TestType;
   CudaBackend<T> b;
   const std::int64_t n = 70, d = 48;
@@ -926,8 +945,8 @@ TEMPLATE_TEST_CASE("cuda layer_norm and its backward, with and without bias", "[
     DTensor<T> y(n, d);
     DTensor<float> mean(n, 1), rstd(n, 1);
     b.layer_norm(y.view(), mean.span(), rstd.span(), cv(dxx), cv(dww), bias_view, eps);
-    b.layer_norm_backward(ddx.view(), ddw.view(), dbias_view, cv(ddy), cv(dxx), cv(dww),
-                          cs(mean), cs(rstd));
+    b.layer_norm_backward(
+        ddx.view(), ddw.view(), dbias_view, cv(ddy), cv(dxx), cv(dww), cs(mean), cs(rstd));
     const auto xv = values(x), wv = values(w), bv = values(bias), gv = values(dy);
     std::vector<double> ref_y, ref_dx = values(dx0), ref_dw = values(dw0), ref_db = values(db0);
     for (std::int64_t i = 0; i < n; ++i) {
@@ -1066,7 +1085,8 @@ TEMPLATE_TEST_CASE("cuda masked_softmax_rows and its backward", "[backend][cuda]
       s += std::exp(scale * xv[static_cast<std::size_t>(r * cols + j)] - m);
     }
     for (std::int64_t j = 0; j < lim; ++j) {  // the backward of the device's y
-      dot += yv[static_cast<std::size_t>(r * cols + j)] * gv[static_cast<std::size_t>(r * cols + j)];
+      dot +=
+          yv[static_cast<std::size_t>(r * cols + j)] * gv[static_cast<std::size_t>(r * cols + j)];
     }
     for (std::int64_t j = 0; j < cols; ++j) {
       const auto at = static_cast<std::size_t>(r * cols + j);

@@ -1,6 +1,6 @@
 // test/backend/cuda/require_device.cuh
 //
-// Included first by every CUDA test: without a CUDA device the executable prints
+// Included by every CUDA test: without a CUDA device the executable prints
 // "no CUDA device: skipping" and exits with 77 (ctest SKIP_RETURN_CODE) while static
 // objects are initialised, before the shared Catch2 main (test/main.cpp) runs.
 #pragma once

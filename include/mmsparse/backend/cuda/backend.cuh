@@ -19,12 +19,7 @@
 
 #include <cuda_runtime.h>
 
-#include <mmsparse/core/dtype.hpp>
-#include <mmsparse/core/error.hpp>
-#include <mmsparse/core/tensor.hpp>
-#include <mmsparse/core/view.hpp>
 #include <mmsparse/backend/concepts.hpp>
-#include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/backend/cuda/check.cuh>
 #include <mmsparse/backend/cuda/cub_ops.cuh>
 #include <mmsparse/backend/cuda/cublaslt_gemm.cuh>
@@ -39,6 +34,11 @@
 #include <mmsparse/backend/cuda/kernels/swiglu.cuh>
 #include <mmsparse/backend/cuda/kernels/topk.cuh>
 #include <mmsparse/backend/cuda/memory.cuh>
+#include <mmsparse/backend/workspace.hpp>
+#include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/error.hpp>
+#include <mmsparse/core/tensor.hpp>
+#include <mmsparse/core/view.hpp>
 
 namespace mmsparse {
 
@@ -52,14 +52,19 @@ struct CudaOptions {
 
 namespace gpu::detail {
 
-inline void require(bool ok, const char* op, const char* arg, const std::string& expected,
+inline void require(bool ok,
+                    const char* op,
+                    const char* arg,
+                    const std::string& expected,
                     const std::string& actual) {
   MMSPARSE_CHECK(ok, op, arg, expected, actual);
 }
 inline void require_shape(const char* op, const char* arg, Shape actual, Shape expected) {
   MMSPARSE_CHECK(actual == expected, op, arg, expected, actual);
 }
-inline void require_size(const char* op, const char* arg, std::int64_t actual,
+inline void require_size(const char* op,
+                         const char* arg,
+                         std::int64_t actual,
                          std::int64_t expected) {
   MMSPARSE_CHECK(actual == expected, op, arg, "size " + std::to_string(expected), actual);
 }
@@ -80,7 +85,9 @@ class Stream {
       (void)cudaStreamDestroy(stream_);
     }
   }
-  [[nodiscard]] cudaStream_t get() const { return stream_; }
+  [[nodiscard]] cudaStream_t get() const {
+    return stream_;
+  }
 
  private:
   cudaStream_t stream_ = nullptr;
@@ -92,8 +99,11 @@ class Stream {
   MMSPARSE_CUDA_CHECK(cudaGetDeviceCount(&count));
   MMSPARSE_CHECK(count > 0, "CudaBackend", "device", "a CUDA device", "none");
   if (device >= 0) {
-    MMSPARSE_CHECK(device < count, "CudaBackend", "options.device",
-                   "an id in [0, " + std::to_string(count) + ")", device);
+    MMSPARSE_CHECK(device < count,
+                   "CudaBackend",
+                   "options.device",
+                   "an id in [0, " + std::to_string(count) + ")",
+                   device);
     MMSPARSE_CUDA_CHECK(cudaSetDevice(device));
     return device;
   }
@@ -136,11 +146,21 @@ class CudaBackend {
 
   // ---- resources ------------------------------------------------------------
 
-  [[nodiscard]] Workspace<device_space>& workspace() { return workspace_; }
-  [[nodiscard]] cudaStream_t stream() const { return stream_.get(); }
-  [[nodiscard]] int device() const { return device_; }
-  [[nodiscard]] gpu::CublasLtGemm& gemm_provider_instance() { return gemm_; }
-  void synchronize() { MMSPARSE_CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
+  [[nodiscard]] Workspace<device_space>& workspace() {
+    return workspace_;
+  }
+  [[nodiscard]] cudaStream_t stream() const {
+    return stream_.get();
+  }
+  [[nodiscard]] int device() const {
+    return device_;
+  }
+  [[nodiscard]] gpu::CublasLtGemm& gemm_provider_instance() {
+    return gemm_;
+  }
+  void synchronize() {
+    MMSPARSE_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+  }
 
   // Device bytes the backend holds now: the arena plus the cuBLASLt scratch.
   [[nodiscard]] std::size_t workspace_bytes() const {
@@ -168,8 +188,12 @@ class CudaBackend {
     return gpu::detail::column_sum_bytes<accum_t<T>>(rows, cols);
   }
 
-  [[nodiscard]] GroupedGemm grouped_gemm_mode() const { return grouped_; }
-  void set_grouped_gemm_mode(GroupedGemm mode) { grouped_ = mode; }
+  [[nodiscard]] GroupedGemm grouped_gemm_mode() const {
+    return grouped_;
+  }
+  void set_grouped_gemm_mode(GroupedGemm mode) {
+    grouped_ = mode;
+  }
 
   // ---- host <-> device (tests, weights, plan metadata) ----------------------
 
@@ -215,34 +239,48 @@ class CudaBackend {
 
   // C = alpha op(A) op(B) + beta C
   template <class U>
-  void gemm(View<U, device_space> c, View<const U, device_space> a, Trans ta,
-            View<const U, device_space> b, Trans tb, double alpha = 1.0, double beta = 0.0) {
+  void gemm(View<U, device_space> c,
+            View<const U, device_space> a,
+            Trans ta,
+            View<const U, device_space> b,
+            Trans tb,
+            double alpha = 1.0,
+            double beta = 0.0) {
     gemm_.gemm(ctx(), c, a, ta, b, tb, alpha, beta);
   }
   // For each expert e: C_e = alpha A_e op(W_e) + beta C_e (rows [offsets[e], offsets[e+1])).
   template <class U>
-  void grouped_gemm(View<U, device_space> c, View<const U, device_space> a,
-                    View<const U, device_space> w, Trans tw, SegmentOffsets offsets,
-                    double alpha = 1.0, double beta = 0.0) {
+  void grouped_gemm(View<U, device_space> c,
+                    View<const U, device_space> a,
+                    View<const U, device_space> w,
+                    Trans tw,
+                    SegmentOffsets offsets,
+                    double alpha = 1.0,
+                    double beta = 0.0) {
     gemm_.grouped_gemm(ctx(), grouped_, c, a, w, tw, offsets, alpha, beta);
   }
   // For each expert e: W_e = alpha A_e^T B_e + beta W_e.
   template <class U>
-  void grouped_gemm_weight_grad(View<U, device_space> w, View<const U, device_space> a,
-                                View<const U, device_space> b, SegmentOffsets offsets,
-                                double alpha = 1.0, double beta = 1.0) {
+  void grouped_gemm_weight_grad(View<U, device_space> w,
+                                View<const U, device_space> a,
+                                View<const U, device_space> b,
+                                SegmentOffsets offsets,
+                                double alpha = 1.0,
+                                double beta = 1.0) {
     gemm_.grouped_gemm_weight_grad(ctx(), grouped_, w, a, b, offsets, alpha, beta);
   }
   // cuBLASLt reads the weights where they are: nothing is packed, nothing to drop.
   void weights_updated() {}
   template <class U>
-  void pack_weights(View<const U, device_space> /*w*/, Trans /*tw*/ = Trans::no,
+  void pack_weights(View<const U, device_space> /*w*/,
+                    Trans /*tw*/ = Trans::no,
                     std::int64_t /*blocks*/ = 1) {}
 
   // ---- dispersion -----------------------------------------------------------
 
   template <class U>
-  void gather_rows(View<U, device_space> dst, View<const U, device_space> src,
+  void gather_rows(View<U, device_space> dst,
+                   View<const U, device_space> src,
                    Span<const std::int32_t, device_space> index) {
     constexpr const char* op = "CudaBackend::gather_rows";
     gpu::detail::require_size(op, "src.cols", src.cols, dst.cols);
@@ -251,19 +289,25 @@ class CudaBackend {
   }
   // Deterministic: no float atomics (gpu::scatter_add_rows).
   template <class U, class W>
-  void scatter_add_rows(View<U, device_space> dst, View<const U, device_space> src,
+  void scatter_add_rows(View<U, device_space> dst,
+                        View<const U, device_space> src,
                         Span<const std::int32_t, device_space> index,
                         Span<const W, device_space> weight) {
     constexpr const char* op = "CudaBackend::scatter_add_rows";
     gpu::detail::require_size(op, "src.cols", src.cols, dst.cols);
     gpu::detail::require_size(op, "index", index.size, src.rows);
-    gpu::detail::require(weight.empty() || weight.size == src.rows, op, "weight",
-                         "size 0 or " + std::to_string(src.rows), std::to_string(weight.size));
+    gpu::detail::require(weight.empty() || weight.size == src.rows,
+                         op,
+                         "weight",
+                         "size 0 or " + std::to_string(src.rows),
+                         std::to_string(weight.size));
     gpu::scatter_add_rows(ctx(), dst, src, index, weight);
   }
   template <class W, class U>
-  void gathered_row_dot(Span<W, device_space> out, View<const U, device_space> a,
-                        View<const U, device_space> b, Span<const std::int32_t, device_space> index) {
+  void gathered_row_dot(Span<W, device_space> out,
+                        View<const U, device_space> a,
+                        View<const U, device_space> b,
+                        Span<const std::int32_t, device_space> index) {
     constexpr const char* op = "CudaBackend::gathered_row_dot";
     gpu::detail::require_size(op, "out", out.size, a.rows);
     gpu::detail::require_size(op, "index", index.size, a.rows);
@@ -271,13 +315,16 @@ class CudaBackend {
     gpu::gathered_row_dot(ctx(), out, a, b, index);
   }
   template <class U>
-  void gather_values(Span<U, device_space> dst, Span<const U, device_space> src,
-                     Span<const std::int32_t, device_space> index, U fill) {
+  void gather_values(Span<U, device_space> dst,
+                     Span<const U, device_space> src,
+                     Span<const std::int32_t, device_space> index,
+                     U fill) {
     gpu::detail::require_size("CudaBackend::gather_values", "index", index.size, dst.size);
     gpu::gather_values(ctx(), dst, src, index, fill);
   }
   template <class U>
-  void scatter_values(Span<U, device_space> dst, Span<const U, device_space> src,
+  void scatter_values(Span<U, device_space> dst,
+                      Span<const U, device_space> src,
                       Span<const std::int32_t, device_space> index) {
     gpu::detail::require_size("CudaBackend::scatter_values", "index", index.size, src.size);
     gpu::scatter_values(ctx(), dst, src, index);
@@ -286,62 +333,88 @@ class CudaBackend {
   // ---- routing --------------------------------------------------------------
 
   template <class W>
-  void topk_rows(Span<std::int32_t, device_space> index, Span<W, device_space> value,
-                 View<const W, device_space> scores, std::int64_t k) {
+  void topk_rows(Span<std::int32_t, device_space> index,
+                 Span<W, device_space> value,
+                 View<const W, device_space> scores,
+                 std::int64_t k) {
     constexpr const char* op = "CudaBackend::topk_rows";
-    gpu::detail::require(k >= 0 && k <= scores.cols, op, "k",
-                         "in [0, " + std::to_string(scores.cols) + "]", std::to_string(k));
+    gpu::detail::require(k >= 0 && k <= scores.cols,
+                         op,
+                         "k",
+                         "in [0, " + std::to_string(scores.cols) + "]",
+                         std::to_string(k));
     gpu::detail::require_size(op, "index", index.size, scores.rows * k);
     gpu::detail::require_size(op, "value", value.size, scores.rows * k);
     gpu::topk_rows(ctx(), index, value, scores, k);
   }
   template <class W>
-  void topk_cols(Span<std::int32_t, device_space> index, View<const W, device_space> scores,
+  void topk_cols(Span<std::int32_t, device_space> index,
+                 View<const W, device_space> scores,
                  std::int64_t c) {
     constexpr const char* op = "CudaBackend::topk_cols";
-    gpu::detail::require(c >= 0 && c <= scores.rows, op, "c",
-                         "in [0, " + std::to_string(scores.rows) + "]", std::to_string(c));
+    gpu::detail::require(c >= 0 && c <= scores.rows,
+                         op,
+                         "c",
+                         "in [0, " + std::to_string(scores.rows) + "]",
+                         std::to_string(c));
     gpu::detail::require_size(op, "index", index.size, scores.cols * c);
     gpu::topk_cols(ctx(), index, scores, c);
   }
   // Copies the bucket offsets to the host: waits for the stream (docs/design.md, host syncs).
-  void bucket_sort(Span<std::int32_t, device_space> order, std::vector<std::int64_t>& offsets,
-                   Span<const std::int32_t, device_space> keys, std::int64_t buckets) {
-    gpu::detail::require(buckets >= 0, "CudaBackend::bucket_sort", "buckets", ">= 0",
-                         std::to_string(buckets));
+  void bucket_sort(Span<std::int32_t, device_space> order,
+                   std::vector<std::int64_t>& offsets,
+                   Span<const std::int32_t, device_space> keys,
+                   std::int64_t buckets) {
+    gpu::detail::require(
+        buckets >= 0, "CudaBackend::bucket_sort", "buckets", ">= 0", std::to_string(buckets));
     gpu::bucket_sort(ctx(), order, offsets, keys, buckets);
   }
-  void pad_segments(Span<std::int32_t, device_space> slot, SegmentOffsets dst_offsets,
+  void pad_segments(Span<std::int32_t, device_space> slot,
+                    SegmentOffsets dst_offsets,
                     SegmentOffsets src_offsets) {
     constexpr const char* op = "CudaBackend::pad_segments";
-    gpu::detail::require(!dst_offsets.empty() && dst_offsets.size() == src_offsets.size(), op,
-                         "dst_offsets", "as many entries as src_offsets (" +
-                         std::to_string(src_offsets.size()) + ")",
-                         std::to_string(dst_offsets.size()));
-    gpu::detail::require(dst_offsets.back() <= slot.size, op, "slot",
+    gpu::detail::require(
+        !dst_offsets.empty() && dst_offsets.size() == src_offsets.size(),
+        op,
+        "dst_offsets",
+        "as many entries as src_offsets (" + std::to_string(src_offsets.size()) + ")",
+        std::to_string(dst_offsets.size()));
+    gpu::detail::require(dst_offsets.back() <= slot.size,
+                         op,
+                         "slot",
                          "size >= " + std::to_string(dst_offsets.back()),
                          std::to_string(slot.size));
     for (std::size_t e = 0; e + 1 < src_offsets.size(); ++e) {
       gpu::detail::require(
-          src_offsets[e + 1] - src_offsets[e] <= dst_offsets[e + 1] - dst_offsets[e], op,
-          "dst_offsets", "segments at least as long as the source segments",
+          src_offsets[e + 1] - src_offsets[e] <= dst_offsets[e + 1] - dst_offsets[e],
+          op,
+          "dst_offsets",
+          "segments at least as long as the source segments",
           "a shorter segment " + std::to_string(e));
     }
     gpu::pad_segments(ctx(), slot, dst_offsets, src_offsets);
   }
-  void dense_slots(Span<std::int32_t, device_space> grid, Span<const std::int32_t, device_space> key,
-                   SegmentOffsets offsets, std::int64_t n) {
+  void dense_slots(Span<std::int32_t, device_space> grid,
+                   Span<const std::int32_t, device_space> key,
+                   SegmentOffsets offsets,
+                   std::int64_t n) {
     constexpr const char* op = "CudaBackend::dense_slots";
     const auto segments = static_cast<std::int64_t>(offsets.size()) - 1;
-    gpu::detail::require(segments >= 0 && grid.size >= segments * n, op, "grid",
-                         "size >= segments * n", std::to_string(grid.size));
-    gpu::detail::require(offsets.empty() || offsets.back() <= key.size, op, "key",
-                         "an entry for every item", std::to_string(key.size));
+    gpu::detail::require(segments >= 0 && grid.size >= segments * n,
+                         op,
+                         "grid",
+                         "size >= segments * n",
+                         std::to_string(grid.size));
+    gpu::detail::require(offsets.empty() || offsets.back() <= key.size,
+                         op,
+                         "key",
+                         "an entry for every item",
+                         std::to_string(key.size));
     gpu::dense_slots(ctx(), grid, key, offsets, n);
   }
   void iota_mod(Span<std::int32_t, device_space> index, std::int64_t n) {
-    gpu::detail::require(n > 0 || index.size == 0, "CudaBackend::iota_mod", "n", "> 0",
-                         std::to_string(n));
+    gpu::detail::require(
+        n > 0 || index.size == 0, "CudaBackend::iota_mod", "n", "> 0", std::to_string(n));
     gpu::iota_mod(ctx(), index, n);
   }
 
@@ -353,21 +426,28 @@ class CudaBackend {
     return gpu::find_nonfinite(ctx(), x);
   }
   template <class W>
-  void add_logistic_noise(View<W, device_space> y, Span<const std::int32_t, device_space> row_id,
-                          std::uint64_t seed, std::int64_t row_stride, std::int64_t col_offset) {
-    gpu::detail::require(row_id.empty() || row_id.size == y.rows, "CudaBackend::add_logistic_noise",
-                         "row_id", "size 0 or " + std::to_string(y.rows),
+  void add_logistic_noise(View<W, device_space> y,
+                          Span<const std::int32_t, device_space> row_id,
+                          std::uint64_t seed,
+                          std::int64_t row_stride,
+                          std::int64_t col_offset) {
+    gpu::detail::require(row_id.empty() || row_id.size == y.rows,
+                         "CudaBackend::add_logistic_noise",
+                         "row_id",
+                         "size 0 or " + std::to_string(y.rows),
                          std::to_string(row_id.size));
     gpu::add_logistic_noise(ctx(), y, row_id, seed, row_stride, col_offset);
   }
   template <class W>
-  void sigmoid_backward(View<W, device_space> dx, View<const W, device_space> dy,
+  void sigmoid_backward(View<W, device_space> dx,
+                        View<const W, device_space> dy,
                         View<const W, device_space> y) {
     same_shapes("CudaBackend::sigmoid_backward", dx.shape(), {dy.shape(), y.shape()});
     gpu::sigmoid_backward(ctx(), dx, dy, y);
   }
   template <class W>
-  void softmax_rows_backward(View<W, device_space> dx, View<const W, device_space> dy,
+  void softmax_rows_backward(View<W, device_space> dx,
+                             View<const W, device_space> dy,
                              View<const W, device_space> y) {
     same_shapes("CudaBackend::softmax_rows_backward", dx.shape(), {dy.shape(), y.shape()});
     gpu::softmax_rows_backward(ctx(), dx, dy, y);
@@ -383,27 +463,32 @@ class CudaBackend {
     gpu::normalize_rows(ctx(), y, x);
   }
   template <class W>
-  void normalize_rows_backward(View<W, device_space> dx, View<const W, device_space> dy,
-                               View<const W, device_space> y, View<const W, device_space> x) {
-    same_shapes("CudaBackend::normalize_rows_backward", dx.shape(),
-                {dy.shape(), y.shape(), x.shape()});
+  void normalize_rows_backward(View<W, device_space> dx,
+                               View<const W, device_space> dy,
+                               View<const W, device_space> y,
+                               View<const W, device_space> x) {
+    same_shapes(
+        "CudaBackend::normalize_rows_backward", dx.shape(), {dy.shape(), y.shape(), x.shape()});
     gpu::normalize_rows_backward(ctx(), dx, dy, y, x);
   }
   template <class U>
   void transpose(View<U, device_space> dst, View<const U, device_space> src) {
-    gpu::detail::require_shape("CudaBackend::transpose", "dst", dst.shape(),
-                               Shape{src.cols, src.rows});
+    gpu::detail::require_shape(
+        "CudaBackend::transpose", "dst", dst.shape(), Shape{src.cols, src.rows});
     gpu::transpose(ctx(), dst, src);
   }
-  void map_index(Span<std::int32_t, device_space> out, Span<const std::int32_t, device_space> in,
-                 std::int64_t divisor, std::int64_t offset) {
+  void map_index(Span<std::int32_t, device_space> out,
+                 Span<const std::int32_t, device_space> in,
+                 std::int64_t divisor,
+                 std::int64_t offset) {
     constexpr const char* op = "CudaBackend::map_index";
     gpu::detail::require_size(op, "out", out.size, in.size);
     gpu::detail::require(divisor > 0, op, "divisor", "> 0", std::to_string(divisor));
     gpu::map_index(ctx(), out, in, divisor, offset);
   }
   template <class W>
-  void scatter_add_cols(View<W, device_space> dst, View<const W, device_space> src,
+  void scatter_add_cols(View<W, device_space> dst,
+                        View<const W, device_space> src,
                         View<const std::int32_t, device_space> col) {
     constexpr const char* op = "CudaBackend::scatter_add_cols";
     gpu::detail::require_shape(op, "col", col.shape(), src.shape());
@@ -414,13 +499,16 @@ class CudaBackend {
   template <class U>
   void copy_to_host(std::span<U> dst, Span<const U, device_space> src) {
     gpu::detail::require(static_cast<std::int64_t>(dst.size()) >= src.size,
-                         "CudaBackend::copy_to_host", "dst",
+                         "CudaBackend::copy_to_host",
+                         "dst",
                          "room for " + std::to_string(src.size) + " values",
                          std::to_string(dst.size()));
     if (src.size > 0) {
-      MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data,
+      MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(dst.data(),
+                                          src.data,
                                           static_cast<std::size_t>(src.size) * sizeof(U),
-                                          cudaMemcpyDeviceToHost, stream()));
+                                          cudaMemcpyDeviceToHost,
+                                          stream()));
     }
     synchronize();
   }
@@ -428,12 +516,13 @@ class CudaBackend {
   template <class U>
   void copy_from_host(Span<U, device_space> dst, std::span<const U> src) {
     gpu::detail::require(dst.size >= static_cast<std::int64_t>(src.size()),
-                         "CudaBackend::copy_from_host", "dst",
+                         "CudaBackend::copy_from_host",
+                         "dst",
                          "room for " + std::to_string(src.size()) + " values",
                          std::to_string(dst.size));
     if (!src.empty()) {
-      MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data(), src.size() * sizeof(U),
-                                          cudaMemcpyHostToDevice, stream()));
+      MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(
+          dst.data, src.data(), src.size() * sizeof(U), cudaMemcpyHostToDevice, stream()));
     }
   }
 
@@ -469,25 +558,31 @@ class CudaBackend {
     gpu::softmax_rows(ctx(), y, x);
   }
   template <class U>
-  void swiglu(View<U, device_space> h, View<const U, device_space> a,
+  void swiglu(View<U, device_space> h,
+              View<const U, device_space> a,
               View<const U, device_space> g) {
     same_shapes("CudaBackend::swiglu", h.shape(), {a.shape(), g.shape()});
     gpu::swiglu(ctx(), h, a, g);
   }
   template <class U>
-  void swiglu_backward(View<U, device_space> da, View<U, device_space> dg,
-                       View<const U, device_space> dh, View<const U, device_space> a,
+  void swiglu_backward(View<U, device_space> da,
+                       View<U, device_space> dg,
+                       View<const U, device_space> dh,
+                       View<const U, device_space> a,
                        View<const U, device_space> g) {
-    same_shapes("CudaBackend::swiglu_backward", dh.shape(),
-                {da.shape(), dg.shape(), a.shape(), g.shape()});
+    same_shapes(
+        "CudaBackend::swiglu_backward", dh.shape(), {da.shape(), dg.shape(), a.shape(), g.shape()});
     gpu::swiglu_backward(ctx(), da, dg, dh, a, g);
   }
 
   // ---- norms and loss (backward passes accumulate) -----------------------------
 
   template <class U>
-  void rms_norm(View<U, device_space> y, Span<accum_t<U>, device_space> rstd,
-                View<const U, device_space> x, View<const U, device_space> w, double eps) {
+  void rms_norm(View<U, device_space> y,
+                Span<accum_t<U>, device_space> rstd,
+                View<const U, device_space> x,
+                View<const U, device_space> w,
+                double eps) {
     constexpr const char* op = "CudaBackend::rms_norm";
     gpu::detail::require_shape(op, "y", y.shape(), x.shape());
     gpu::detail::require_size(op, "rstd", rstd.size, x.rows);
@@ -495,9 +590,12 @@ class CudaBackend {
     gpu::rms_norm(ctx(), y, rstd, x, w, eps);
   }
   template <class U>
-  void rms_norm_backward(View<U, device_space> dx, View<U, device_space> dw,
-                         View<const U, device_space> dy, View<const U, device_space> x,
-                         View<const U, device_space> w, Span<const accum_t<U>, device_space> rstd) {
+  void rms_norm_backward(View<U, device_space> dx,
+                         View<U, device_space> dw,
+                         View<const U, device_space> dy,
+                         View<const U, device_space> x,
+                         View<const U, device_space> w,
+                         Span<const accum_t<U>, device_space> rstd) {
     constexpr const char* op = "CudaBackend::rms_norm_backward";
     same_shapes(op, x.shape(), {dx.shape(), dy.shape()});
     gpu::detail::require_size(op, "rstd", rstd.size, x.rows);
@@ -506,9 +604,13 @@ class CudaBackend {
     gpu::rms_norm_backward(ctx(), dx, dw, dy, x, w, rstd);
   }
   template <class U>
-  void layer_norm(View<U, device_space> y, Span<accum_t<U>, device_space> mean,
-                  Span<accum_t<U>, device_space> rstd, View<const U, device_space> x,
-                  View<const U, device_space> w, View<const U, device_space> bias, double eps) {
+  void layer_norm(View<U, device_space> y,
+                  Span<accum_t<U>, device_space> mean,
+                  Span<accum_t<U>, device_space> rstd,
+                  View<const U, device_space> x,
+                  View<const U, device_space> w,
+                  View<const U, device_space> bias,
+                  double eps) {
     constexpr const char* op = "CudaBackend::layer_norm";
     gpu::detail::require_shape(op, "y", y.shape(), x.shape());
     gpu::detail::require_size(op, "mean", mean.size, x.rows);
@@ -520,9 +622,12 @@ class CudaBackend {
     gpu::layer_norm(ctx(), y, mean, rstd, x, w, bias, eps);
   }
   template <class U>
-  void layer_norm_backward(View<U, device_space> dx, View<U, device_space> dw,
-                           View<U, device_space> dbias, View<const U, device_space> dy,
-                           View<const U, device_space> x, View<const U, device_space> w,
+  void layer_norm_backward(View<U, device_space> dx,
+                           View<U, device_space> dw,
+                           View<U, device_space> dbias,
+                           View<const U, device_space> dy,
+                           View<const U, device_space> x,
+                           View<const U, device_space> w,
                            Span<const accum_t<U>, device_space> mean,
                            Span<const accum_t<U>, device_space> rstd) {
     constexpr const char* op = "CudaBackend::layer_norm_backward";
@@ -537,7 +642,8 @@ class CudaBackend {
     gpu::layer_norm_backward(ctx(), dx, dw, dbias, dy, x, w, mean, rstd);
   }
   template <class U>
-  void cross_entropy(Span<accum_t<U>, device_space> loss, Span<accum_t<U>, device_space> lse,
+  void cross_entropy(Span<accum_t<U>, device_space> loss,
+                     Span<accum_t<U>, device_space> lse,
                      View<const U, device_space> logits,
                      Span<const std::int32_t, device_space> target) {
     constexpr const char* op = "CudaBackend::cross_entropy";
@@ -547,9 +653,11 @@ class CudaBackend {
     gpu::cross_entropy(ctx(), loss, lse, logits, target);
   }
   template <class U>
-  void cross_entropy_backward(View<U, device_space> dlogits, View<const U, device_space> logits,
+  void cross_entropy_backward(View<U, device_space> dlogits,
+                              View<const U, device_space> logits,
                               Span<const accum_t<U>, device_space> lse,
-                              Span<const std::int32_t, device_space> target, double scale) {
+                              Span<const std::int32_t, device_space> target,
+                              double scale) {
     constexpr const char* op = "CudaBackend::cross_entropy_backward";
     gpu::detail::require_shape(op, "dlogits", dlogits.shape(), logits.shape());
     gpu::detail::require_size(op, "lse", lse.size, logits.rows);
@@ -560,31 +668,39 @@ class CudaBackend {
   // ---- attention (backward passes overwrite; in place allowed) ------------------
 
   template <class U>
-  void rope(View<U, device_space> y, View<const U, device_space> x,
-            Span<const std::int32_t, device_space> positions, std::int64_t head_dim,
+  void rope(View<U, device_space> y,
+            View<const U, device_space> x,
+            Span<const std::int32_t, device_space> positions,
+            std::int64_t head_dim,
             double theta) {
     check_rope("CudaBackend::rope", y.shape(), x.shape(), positions.size, head_dim);
     gpu::rope_rotate(ctx(), y, x, positions, head_dim, theta, /*inverse=*/false);
   }
   template <class U>
-  void rope_backward(View<U, device_space> dx, View<const U, device_space> dy,
-                     Span<const std::int32_t, device_space> positions, std::int64_t head_dim,
+  void rope_backward(View<U, device_space> dx,
+                     View<const U, device_space> dy,
+                     Span<const std::int32_t, device_space> positions,
+                     std::int64_t head_dim,
                      double theta) {
     check_rope("CudaBackend::rope_backward", dx.shape(), dy.shape(), positions.size, head_dim);
     gpu::rope_rotate(ctx(), dx, dy, positions, head_dim, theta, /*inverse=*/true);
   }
   template <class U>
-  void masked_softmax_rows(View<U, device_space> y, View<const U, device_space> x,
-                           Span<const std::int32_t, device_space> limit, double scale) {
+  void masked_softmax_rows(View<U, device_space> y,
+                           View<const U, device_space> x,
+                           Span<const std::int32_t, device_space> limit,
+                           double scale) {
     constexpr const char* op = "CudaBackend::masked_softmax_rows";
     gpu::detail::require_shape(op, "y", y.shape(), x.shape());
     gpu::detail::require_size(op, "limit", limit.size, x.rows);
     gpu::masked_softmax_rows(ctx(), y, x, limit, scale);
   }
   template <class U>
-  void masked_softmax_rows_backward(View<U, device_space> dx, View<const U, device_space> y,
+  void masked_softmax_rows_backward(View<U, device_space> dx,
+                                    View<const U, device_space> y,
                                     View<const U, device_space> dy,
-                                    Span<const std::int32_t, device_space> limit, double scale) {
+                                    Span<const std::int32_t, device_space> limit,
+                                    double scale) {
     constexpr const char* op = "CudaBackend::masked_softmax_rows_backward";
     same_shapes(op, y.shape(), {dx.shape(), dy.shape()});
     gpu::detail::require_size(op, "limit", limit.size, y.rows);
@@ -592,7 +708,9 @@ class CudaBackend {
   }
 
  private:
-  [[nodiscard]] gpu::Context ctx() { return {stream_.get(), &workspace_, sm_count_}; }
+  [[nodiscard]] gpu::Context ctx() {
+    return {stream_.get(), &workspace_, sm_count_};
+  }
 
   static void same_shapes(const char* op, Shape expected, std::initializer_list<Shape> others) {
     for (const Shape& s : others) {
@@ -600,18 +718,24 @@ class CudaBackend {
     }
   }
   template <class U>
-  static void check_norm_weight(const char* op, const char* arg, View<const U, device_space> w,
+  static void check_norm_weight(const char* op,
+                                const char* arg,
+                                View<const U, device_space> w,
                                 std::int64_t d) {
-    gpu::detail::require(w.rows >= 1 && w.cols == d, op, arg,
+    gpu::detail::require(w.rows >= 1 && w.cols == d,
+                         op,
+                         arg,
                          "shape [1, " + std::to_string(d) + "]",
                          "[" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + "]");
   }
-  static void check_rope(const char* op, Shape y, Shape x, std::int64_t positions,
-                         std::int64_t head_dim) {
+  static void check_rope(
+      const char* op, Shape y, Shape x, std::int64_t positions, std::int64_t head_dim) {
     gpu::detail::require_shape(op, "y", y, x);
     gpu::detail::require_size(op, "positions", positions, x.rows);
-    gpu::detail::require(head_dim > 0 && head_dim % 2 == 0 && x.cols % head_dim == 0, op,
-                         "head_dim", "an even divisor of " + std::to_string(x.cols),
+    gpu::detail::require(head_dim > 0 && head_dim % 2 == 0 && x.cols % head_dim == 0,
+                         op,
+                         "head_dim",
+                         "an even divisor of " + std::to_string(x.cols),
                          std::to_string(head_dim));
   }
 

@@ -56,21 +56,21 @@ inline void check_launch(const char* kernel, const char* file, int line) {
 }  // namespace mmsparse::gpu::detail
 
 // Throws mmsparse::CudaError unless the CUDA runtime (or CUB) call returns cudaSuccess.
-#define MMSPARSE_CUDA_CHECK(call)                                                         \
-  do {                                                                                    \
-    const cudaError_t mmsparse_status_ = (call);                                          \
-    if (mmsparse_status_ != cudaSuccess) {                                                \
+#define MMSPARSE_CUDA_CHECK(call)                                                             \
+  do {                                                                                        \
+    const cudaError_t mmsparse_status_ = (call);                                              \
+    if (mmsparse_status_ != cudaSuccess) {                                                    \
       ::mmsparse::gpu::detail::throw_cuda_error(#call, mmsparse_status_, __FILE__, __LINE__); \
-    }                                                                                     \
+    }                                                                                         \
   } while (0)
 
 // Throws mmsparse::CudaError unless the cuBLAS / cuBLASLt call returns CUBLAS_STATUS_SUCCESS.
-#define MMSPARSE_CUBLAS_CHECK(call)                                                         \
-  do {                                                                                      \
-    const cublasStatus_t mmsparse_status_ = (call);                                         \
-    if (mmsparse_status_ != CUBLAS_STATUS_SUCCESS) {                                        \
+#define MMSPARSE_CUBLAS_CHECK(call)                                                             \
+  do {                                                                                          \
+    const cublasStatus_t mmsparse_status_ = (call);                                             \
+    if (mmsparse_status_ != CUBLAS_STATUS_SUCCESS) {                                            \
       ::mmsparse::gpu::detail::throw_cublas_error(#call, mmsparse_status_, __FILE__, __LINE__); \
-    }                                                                                       \
+    }                                                                                           \
   } while (0)
 
 // After a kernel launch: a bad launch configuration surfaces here, named by the kernel.

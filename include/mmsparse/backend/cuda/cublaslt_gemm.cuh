@@ -23,15 +23,15 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include <mmsparse/core/dtype.hpp>
-#include <mmsparse/core/error.hpp>
-#include <mmsparse/core/tensor.hpp>
-#include <mmsparse/core/view.hpp>
 #include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/backend/cuda/check.cuh>
 #include <mmsparse/backend/cuda/kernels/common.cuh>
 #include <mmsparse/backend/cuda/kernels/elementwise.cuh>
 #include <mmsparse/backend/cuda/memory.cuh>
+#include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/error.hpp>
+#include <mmsparse/core/tensor.hpp>
+#include <mmsparse/core/view.hpp>
 
 namespace mmsparse {
 
@@ -146,14 +146,23 @@ void check_gemm_shapes(const char* op,
   const std::int64_t bk = tb == Trans::no ? b.rows : b.cols;
   const std::int64_t bn = tb == Trans::no ? b.cols : b.rows;
   const auto of = [](const char* name) { return std::string("op(") + name + ")"; };
-  MMSPARSE_CHECK(am == c.rows, op, a_name,
-                 of(a_name) + " with " + std::to_string(c.rows) + " rows", a.shape());
-  MMSPARSE_CHECK(bn == c.cols, op, b_name,
-                 of(b_name) + " with " + std::to_string(c.cols) + " columns", b.shape());
-  MMSPARSE_CHECK(bk == ak, op, b_name, of(b_name) + " with " + std::to_string(ak) + " rows",
+  MMSPARSE_CHECK(am == c.rows,
+                 op,
+                 a_name,
+                 of(a_name) + " with " + std::to_string(c.rows) + " rows",
+                 a.shape());
+  MMSPARSE_CHECK(bn == c.cols,
+                 op,
+                 b_name,
+                 of(b_name) + " with " + std::to_string(c.cols) + " columns",
                  b.shape());
+  MMSPARSE_CHECK(
+      bk == ak, op, b_name, of(b_name) + " with " + std::to_string(ak) + " rows", b.shape());
   const auto strided = [](const auto& v) { return v.rows <= 1 || v.stride >= v.cols; };
-  MMSPARSE_CHECK(strided(a) && strided(b) && strided(c), op, "views", "row strides >= columns",
+  MMSPARSE_CHECK(strided(a) && strided(b) && strided(c),
+                 op,
+                 "views",
+                 "row strides >= columns",
                  "an overlapping view");
 }
 
@@ -164,7 +173,9 @@ class CublasLtGemm {
   static constexpr const char* name = "cublaslt";
 
   CublasLtGemm(cudaStream_t stream, std::size_t workspace_bytes, bool allow_tf32)
-      : stream_(stream), allow_tf32_(allow_tf32), workspace_(static_cast<std::int64_t>(workspace_bytes), 1) {
+      : stream_(stream),
+        allow_tf32_(allow_tf32),
+        workspace_(static_cast<std::int64_t>(workspace_bytes), 1) {
     MMSPARSE_CUBLAS_CHECK(cublasLtCreate(&lt_));
     try {
       MMSPARSE_CUBLAS_CHECK(cublasCreate(&blas_));
@@ -177,10 +188,16 @@ class CublasLtGemm {
   }
   CublasLtGemm(const CublasLtGemm&) = delete;
   CublasLtGemm& operator=(const CublasLtGemm&) = delete;
-  ~CublasLtGemm() { release(); }
+  ~CublasLtGemm() {
+    release();
+  }
 
-  [[nodiscard]] std::size_t workspace_bytes() const { return workspace_.bytes(); }
-  [[nodiscard]] std::size_t cached_plans() const { return plans_.size(); }
+  [[nodiscard]] std::size_t workspace_bytes() const {
+    return workspace_.bytes();
+  }
+  [[nodiscard]] std::size_t cached_plans() const {
+    return plans_.size();
+  }
 
   // C = alpha op(A) op(B) + beta C
   template <class T>
@@ -212,15 +229,18 @@ class CublasLtGemm {
     const std::int64_t experts = check_offsets(op, offsets, std::min(a.rows, c.rows), w.rows);
     const std::int64_t block = w.rows / experts;
     const auto we = w.row_block(0, block);
-    detail::check_gemm_shapes(op, c.row_block(0, 0), a.row_block(0, 0), Trans::no, we, tw, "a",
-                              "w");
+    detail::check_gemm_shapes(
+        op, c.row_block(0, 0), a.row_block(0, 0), Trans::no, we, tw, "a", "w");
     std::vector<detail::ColMajorProblem> problems;
     for (std::int64_t e = 0; e < experts; ++e) {
       const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
       const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
       if (count > 0) {
-        problems.push_back(detail::col_major(c.row_block(begin, count), a.row_block(begin, count),
-                                             Trans::no, w.row_block(e * block, block), tw));
+        problems.push_back(detail::col_major(c.row_block(begin, count),
+                                             a.row_block(begin, count),
+                                             Trans::no,
+                                             w.row_block(e * block, block),
+                                             tw));
       }
     }
     run_grouped<T>(ctx, mode, problems, alpha, beta, static_cast<std::size_t>(experts));
@@ -240,16 +260,22 @@ class CublasLtGemm {
     const char* op = "CudaBackend::grouped_gemm_weight_grad";
     const std::int64_t experts = check_offsets(op, offsets, std::min(a.rows, b.rows), w.rows);
     const std::int64_t block = w.rows / experts;
-    detail::check_gemm_shapes(op, w.row_block(0, block), a.row_block(0, 0), Trans::yes,
-                              b.row_block(0, 0), Trans::no, "a", "b");
+    detail::check_gemm_shapes(op,
+                              w.row_block(0, block),
+                              a.row_block(0, 0),
+                              Trans::yes,
+                              b.row_block(0, 0),
+                              Trans::no,
+                              "a",
+                              "b");
     std::vector<detail::ColMajorProblem> problems;
     for (std::int64_t e = 0; e < experts; ++e) {
       const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
       const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
       auto we = w.row_block(e * block, block);
       if (count > 0) {
-        problems.push_back(detail::col_major(we, a.row_block(begin, count), Trans::yes,
-                                             b.row_block(begin, count), Trans::no));
+        problems.push_back(detail::col_major(
+            we, a.row_block(begin, count), Trans::yes, b.row_block(begin, count), Trans::no));
       } else if (beta != 1.0) {
         scale(ctx, we, beta);
       }
@@ -311,14 +337,24 @@ class CublasLtGemm {
                                     std::int64_t weight_rows) {
     MMSPARSE_CHECK(offsets.size() >= 2, op, "offsets", "E + 1 >= 2 entries", offsets.size());
     const auto experts = static_cast<std::int64_t>(offsets.size()) - 1;
-    MMSPARSE_CHECK(weight_rows % experts == 0, op, "w",
-                   "rows divisible by E = " + std::to_string(experts), weight_rows);
+    MMSPARSE_CHECK(weight_rows % experts == 0,
+                   op,
+                   "w",
+                   "rows divisible by E = " + std::to_string(experts),
+                   weight_rows);
     MMSPARSE_CHECK(offsets.front() >= 0, op, "offsets[0]", ">= 0", offsets.front());
     for (std::int64_t e = 0; e < experts; ++e) {
-      MMSPARSE_CHECK(offsets[static_cast<std::size_t>(e)] <= offsets[static_cast<std::size_t>(e + 1)],
-                     op, "offsets", "non-decreasing", "a decrease after entry " + std::to_string(e));
+      MMSPARSE_CHECK(
+          offsets[static_cast<std::size_t>(e)] <= offsets[static_cast<std::size_t>(e + 1)],
+          op,
+          "offsets",
+          "non-decreasing",
+          "a decrease after entry " + std::to_string(e));
     }
-    MMSPARSE_CHECK(offsets.back() <= rows, op, "offsets", "a last entry <= " + std::to_string(rows),
+    MMSPARSE_CHECK(offsets.back() <= rows,
+                   op,
+                   "offsets",
+                   "a last entry <= " + std::to_string(rows),
                    offsets.back());
     return experts;
   }
@@ -366,10 +402,10 @@ class CublasLtGemm {
         cublasLtMatmulDescCreate(&plan->desc, compute_type(data), detail::GemmTypes<T>::scale));
     const std::int32_t op_x = p.op_x;
     const std::int32_t op_y = p.op_y;
-    MMSPARSE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
-                                                         &op_x, sizeof op_x));
-    MMSPARSE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB,
-                                                         &op_y, sizeof op_y));
+    MMSPARSE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_x, sizeof op_x));
+    MMSPARSE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_y, sizeof op_y));
     const bool tx = p.op_x != CUBLAS_OP_N;
     const bool ty = p.op_y != CUBLAS_OP_N;
     make_layout(plan->x, data, tx ? p.k : p.m, tx ? p.m : p.k, p.ldx, p.batch, p.stride_x);
@@ -385,20 +421,20 @@ class CublasLtGemm {
     cublasStatus_t status = cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_bytes, sizeof max_bytes);
     if (status == CUBLAS_STATUS_SUCCESS) {
-      status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                                    &ax, sizeof ax);
+      status = cublasLtMatmulPreferenceSetAttribute(
+          pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ax, sizeof ax);
     }
     if (status == CUBLAS_STATUS_SUCCESS) {
-      status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                    &ay, sizeof ay);
+      status = cublasLtMatmulPreferenceSetAttribute(
+          pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ay, sizeof ay);
     }
     if (status == CUBLAS_STATUS_SUCCESS) {
-      status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                    &ac, sizeof ac);
+      status = cublasLtMatmulPreferenceSetAttribute(
+          pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac);
     }
     if (status == CUBLAS_STATUS_SUCCESS) {
-      status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                    &ac, sizeof ac);
+      status = cublasLtMatmulPreferenceSetAttribute(
+          pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac);
     }
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
@@ -428,8 +464,8 @@ class CublasLtGemm {
                           std::int64_t ld,
                           std::int64_t batch,
                           std::int64_t stride) {
-    MMSPARSE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, data, static_cast<std::uint64_t>(rows),
-                                                     static_cast<std::uint64_t>(cols), ld));
+    MMSPARSE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(
+        &layout, data, static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols), ld));
     if (batch > 1) {
       const auto count = static_cast<std::int32_t>(batch);
       MMSPARSE_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
@@ -448,7 +484,8 @@ class CublasLtGemm {
     if (p.k == 0) {
       for (std::int64_t i = 0; i < p.batch; ++i) {
         if (beta != 1.0) {
-          scale(ctx, View<T, device_space>(static_cast<T*>(p.c) + i * p.stride_c, p.n, p.m, p.ldc),
+          scale(ctx,
+                View<T, device_space>(static_cast<T*>(p.c) + i * p.stride_c, p.n, p.m, p.ldc),
                 beta);
         }
       }
@@ -459,16 +496,48 @@ class CublasLtGemm {
     const S b = static_cast<S>(beta);
     Plan& plan = plan_for<T>(p);
     if (plan.has_algo) {
-      MMSPARSE_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.desc, &a, p.x, plan.x, p.y, plan.y, &b, p.c,
-                                           plan.c, p.c, plan.c, &plan.algo, workspace_.data(),
-                                           workspace_.bytes(), ctx.stream));
+      MMSPARSE_CUBLAS_CHECK(cublasLtMatmul(lt_,
+                                           plan.desc,
+                                           &a,
+                                           p.x,
+                                           plan.x,
+                                           p.y,
+                                           plan.y,
+                                           &b,
+                                           p.c,
+                                           plan.c,
+                                           p.c,
+                                           plan.c,
+                                           &plan.algo,
+                                           workspace_.data(),
+                                           workspace_.bytes(),
+                                           ctx.stream));
       return;
     }
     constexpr cudaDataType_t data = detail::GemmTypes<T>::data;
-    MMSPARSE_CUBLAS_CHECK(cublasGemmStridedBatchedEx_64(
-        blas_, p.op_x, p.op_y, p.m, p.n, p.k, &a, p.x, data, p.ldx, p.stride_x, p.y, data, p.ldy,
-        p.stride_y, &b, p.c, data, p.ldc, p.stride_c, p.batch, compute_type(data),
-        CUBLAS_GEMM_DEFAULT));
+    MMSPARSE_CUBLAS_CHECK(cublasGemmStridedBatchedEx_64(blas_,
+                                                        p.op_x,
+                                                        p.op_y,
+                                                        p.m,
+                                                        p.n,
+                                                        p.k,
+                                                        &a,
+                                                        p.x,
+                                                        data,
+                                                        p.ldx,
+                                                        p.stride_x,
+                                                        p.y,
+                                                        data,
+                                                        p.ldy,
+                                                        p.stride_y,
+                                                        &b,
+                                                        p.c,
+                                                        data,
+                                                        p.ldc,
+                                                        p.stride_c,
+                                                        p.batch,
+                                                        compute_type(data),
+                                                        CUBLAS_GEMM_DEFAULT));
   }
 
   // The expert problems of one grouped call (empty segments already removed).
@@ -575,17 +644,35 @@ class CublasLtGemm {
     auto& ws = *ctx.workspace;
     auto frame = ws.frame();
     auto device_pointers = ws.take_span<const void*>(3 * groups);
-    MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(device_pointers.data, pointers.data(),
+    MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(device_pointers.data,
+                                        pointers.data(),
                                         pointers.size() * sizeof(const void*),
-                                        cudaMemcpyHostToDevice, ctx.stream));
+                                        cudaMemcpyHostToDevice,
+                                        ctx.stream));
     const void* const* xs = device_pointers.data;
     const void* const* ys = device_pointers.data + groups;
     void* const* cs = const_cast<void* const*>(device_pointers.data + 2 * groups);
     constexpr cudaDataType_t data = detail::GemmTypes<T>::data;
-    MMSPARSE_CUBLAS_CHECK(cublasGemmGroupedBatchedEx_64(
-        blas_, op_x.data(), op_y.data(), m.data(), n.data(), k.data(), alphas.data(), xs, data,
-        ldx.data(), ys, data, ldy.data(), betas.data(), cs, data, ldc.data(), groups,
-        group_size.data(), compute_type(data)));
+    MMSPARSE_CUBLAS_CHECK(cublasGemmGroupedBatchedEx_64(blas_,
+                                                        op_x.data(),
+                                                        op_y.data(),
+                                                        m.data(),
+                                                        n.data(),
+                                                        k.data(),
+                                                        alphas.data(),
+                                                        xs,
+                                                        data,
+                                                        ldx.data(),
+                                                        ys,
+                                                        data,
+                                                        ldy.data(),
+                                                        betas.data(),
+                                                        cs,
+                                                        data,
+                                                        ldc.data(),
+                                                        groups,
+                                                        group_size.data(),
+                                                        compute_type(data)));
   }
 
   cudaStream_t stream_;

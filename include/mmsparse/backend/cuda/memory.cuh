@@ -17,10 +17,10 @@
 
 #include <cuda_runtime.h>
 
+#include <mmsparse/backend/cuda/check.cuh>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/tensor.hpp>
 #include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/cuda/check.cuh>
 
 namespace mmsparse {
 
@@ -67,9 +67,14 @@ void copy_2d(View<T, DstSpace> dst,
   const auto pitch = [&](std::int64_t stride, std::int64_t rows) {
     return rows <= 1 ? row_bytes : static_cast<std::size_t>(stride) * sizeof(T);
   };
-  MMSPARSE_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, pitch(dst.stride, dst.rows), src.data,
-                                        pitch(src.stride, src.rows), row_bytes,
-                                        static_cast<std::size_t>(dst.rows), kind, stream));
+  MMSPARSE_CUDA_CHECK(cudaMemcpy2DAsync(dst.data,
+                                        pitch(dst.stride, dst.rows),
+                                        src.data,
+                                        pitch(src.stride, src.rows),
+                                        row_bytes,
+                                        static_cast<std::size_t>(dst.rows),
+                                        kind,
+                                        stream));
 }
 
 }  // namespace detail
@@ -115,8 +120,7 @@ template <class T>
 }
 // A [values.size(), 1] device column.
 template <class T>
-[[nodiscard]] Tensor<T, device_space> to_device(const std::vector<T>& values,
-                                                cudaStream_t stream) {
+[[nodiscard]] Tensor<T, device_space> to_device(const std::vector<T>& values, cudaStream_t stream) {
   return to_device(View<const T>(values.data(), static_cast<std::int64_t>(values.size()), 1),
                    stream);
 }

@@ -14,10 +14,10 @@
 #include <cstdint>
 #include <vector>
 
-#include <mmsparse/core/dtype.hpp>
-#include <mmsparse/core/view.hpp>
 #include <mmsparse/backend/cuda/check.cuh>
 #include <mmsparse/backend/cuda/kernels/common.cuh>
+#include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/view.hpp>
 
 namespace mmsparse::gpu {
 
@@ -131,9 +131,14 @@ void rope_rotate(const Context& ctx,
   }
   auto frame = ctx.workspace->frame();
   auto freq = ctx.workspace->take_span<double>(half);
-  MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(freq.data, inv_freq.data(), inv_freq.size() * sizeof(double),
-                                      cudaMemcpyHostToDevice, ctx.stream));
-  for_each_2d(ctx, x.rows, heads * half,
+  MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(freq.data,
+                                      inv_freq.data(),
+                                      inv_freq.size() * sizeof(double),
+                                      cudaMemcpyHostToDevice,
+                                      ctx.stream));
+  for_each_2d(ctx,
+              x.rows,
+              heads * half,
               detail::RopeOp<T>{y, x, pos.data, freq.data, head_dim, inverse ? -1.0 : 1.0});
 }
 
@@ -147,9 +152,9 @@ void masked_softmax_rows(const Context& ctx,
   if (x.rows == 0 || x.cols == 0) {
     return;
   }
-  detail::masked_softmax_rows_kernel<<<row_blocks(ctx, x.rows), row_threads(x.cols), 0,
-                                       ctx.stream>>>(y, x, limit.data,
-                                                     static_cast<accum_t<T>>(scale));
+  detail::
+      masked_softmax_rows_kernel<<<row_blocks(ctx, x.rows), row_threads(x.cols), 0, ctx.stream>>>(
+          y, x, limit.data, static_cast<accum_t<T>>(scale));
   MMSPARSE_CUDA_CHECK_LAUNCH(masked_softmax_rows_kernel);
 }
 
@@ -164,9 +169,11 @@ void masked_softmax_rows_backward(const Context& ctx,
   if (y.rows == 0 || y.cols == 0) {
     return;
   }
-  detail::masked_softmax_rows_backward_kernel<<<row_blocks(ctx, y.rows), row_threads(y.cols), 0,
-                                                ctx.stream>>>(dx, y, dy, limit.data,
-                                                              static_cast<accum_t<T>>(scale));
+  detail::masked_softmax_rows_backward_kernel<<<row_blocks(ctx, y.rows),
+                                                row_threads(y.cols),
+                                                0,
+                                                ctx.stream>>>(
+      dx, y, dy, limit.data, static_cast<accum_t<T>>(scale));
   MMSPARSE_CUDA_CHECK_LAUNCH(masked_softmax_rows_backward_kernel);
 }
 

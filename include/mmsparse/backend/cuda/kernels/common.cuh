@@ -17,12 +17,12 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <mmsparse/backend/cuda/check.cuh>
+#include <mmsparse/backend/cuda/memory.cuh>
+#include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/workspace.hpp>
-#include <mmsparse/backend/cuda/check.cuh>
-#include <mmsparse/backend/cuda/memory.cuh>
 
 namespace mmsparse::gpu {
 
@@ -219,8 +219,7 @@ MMSPARSE_DEVICE A block_max(A v, BlockScratch& scratch) {
 
 // Blocks of a kernel that gives one block to each row (grid-stride past the cap).
 [[nodiscard]] inline unsigned row_blocks(const Context& ctx, std::int64_t rows) {
-  return static_cast<unsigned>(
-      std::clamp<std::int64_t>(rows, 1, std::int64_t{ctx.sm_count} * 16));
+  return static_cast<unsigned>(std::clamp<std::int64_t>(rows, 1, std::int64_t{ctx.sm_count} * 16));
 }
 
 // ---- the generic 2-D launch ------------------------------------------------------

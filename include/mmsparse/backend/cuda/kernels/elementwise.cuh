@@ -12,9 +12,9 @@
 
 #include <cstdint>
 
+#include <mmsparse/backend/cuda/kernels/common.cuh>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/cuda/kernels/common.cuh>
 
 namespace mmsparse::gpu {
 
@@ -24,7 +24,9 @@ template <class T>
 struct FillOp {
   View<T, device_space> y;
   T value;
-  MMSPARSE_DEVICE void operator()(std::int64_t i, std::int64_t j) const { y(i, j) = value; }
+  MMSPARSE_DEVICE void operator()(std::int64_t i, std::int64_t j) const {
+    y(i, j) = value;
+  }
 };
 
 template <class To, class From>
@@ -112,9 +114,11 @@ void copy(const Context& ctx, View<To, device_space> y, View<const From, device_
 
 // y += alpha * x
 template <class T>
-void axpy(const Context& ctx, View<T, device_space> y, View<const T, device_space> x, double alpha) {
-  for_each_2d(ctx, y.rows, y.cols,
-              detail::AxpyOp<T>{y, x, static_cast<accum_t<T>>(alpha)});
+void axpy(const Context& ctx,
+          View<T, device_space> y,
+          View<const T, device_space> x,
+          double alpha) {
+  for_each_2d(ctx, y.rows, y.cols, detail::AxpyOp<T>{y, x, static_cast<accum_t<T>>(alpha)});
 }
 
 // y[r, :] *= w[r]
@@ -139,8 +143,7 @@ void softmax_rows(const Context& ctx, View<W, device_space> y, View<const W, dev
   if (x.rows == 0 || x.cols == 0) {
     return;
   }
-  detail::softmax_rows_kernel<<<warp_row_blocks(ctx, x.rows), block_threads, 0, ctx.stream>>>(y,
-                                                                                             x);
+  detail::softmax_rows_kernel<<<warp_row_blocks(ctx, x.rows), block_threads, 0, ctx.stream>>>(y, x);
   MMSPARSE_CUDA_CHECK_LAUNCH(softmax_rows_kernel);
 }
 

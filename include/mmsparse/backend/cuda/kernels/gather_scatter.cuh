@@ -16,11 +16,11 @@
 #include <cstddef>
 #include <cstdint>
 
-#include <mmsparse/core/dtype.hpp>
-#include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/backend/cuda/cub_ops.cuh>
 #include <mmsparse/backend/cuda/kernels/common.cuh>
+#include <mmsparse/backend/workspace.hpp>
+#include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/view.hpp>
 
 namespace mmsparse::gpu {
 
@@ -169,21 +169,19 @@ void scatter_add_rows(const Context& ctx,
   }
   auto& ws = *ctx.workspace;
   auto frame = ws.frame();
-  auto order = ws.take_span<std::int32_t>(src.rows);         // [slots] grouped by destination
-  auto offsets = ws.take_span<std::int32_t>(dst.rows + 1);   // [rows + 1] CSR bounds
+  auto order = ws.take_span<std::int32_t>(src.rows);        // [slots] grouped by destination
+  auto offsets = ws.take_span<std::int32_t>(dst.rows + 1);  // [rows + 1] CSR bounds
   bucket_sort_device(ctx, order, offsets, index, dst.rows);
 
   constexpr int n = Pack<T>::size;
   const unsigned blocks = row_blocks(ctx, dst.rows);
   const W* w = weight.empty() ? nullptr : weight.data;
   if (packable(dst) && packable(src)) {
-    detail::scatter_add_rows_kernel<T, W, n>
-        <<<blocks, row_threads(dst.cols / n), 0, ctx.stream>>>(dst, src, order.data,
-                                                               offsets.data, w);
+    detail::scatter_add_rows_kernel<T, W, n><<<blocks, row_threads(dst.cols / n), 0, ctx.stream>>>(
+        dst, src, order.data, offsets.data, w);
   } else {
     detail::scatter_add_rows_kernel<T, W, 1>
-        <<<blocks, row_threads(dst.cols), 0, ctx.stream>>>(dst, src, order.data, offsets.data,
-                                                           w);
+        <<<blocks, row_threads(dst.cols), 0, ctx.stream>>>(dst, src, order.data, offsets.data, w);
   }
   MMSPARSE_CUDA_CHECK_LAUNCH(scatter_add_rows_kernel);
 }

@@ -13,11 +13,11 @@
 #include <cstdint>
 #include <span>
 
-#include <mmsparse/core/math.hpp>
-#include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/backend/cuda/check.cuh>
 #include <mmsparse/backend/cuda/kernels/common.cuh>
+#include <mmsparse/backend/workspace.hpp>
+#include <mmsparse/core/math.hpp>
+#include <mmsparse/core/view.hpp>
 
 namespace mmsparse::gpu {
 
@@ -100,7 +100,9 @@ template <class U>
 struct TransposeOp {
   View<U, device_space> dst;
   View<const U, device_space> src;
-  MMSPARSE_DEVICE void operator()(std::int64_t i, std::int64_t j) const { dst(j, i) = src(i, j); }
+  MMSPARSE_DEVICE void operator()(std::int64_t i, std::int64_t j) const {
+    dst(j, i) = src(i, j);
+  }
 };
 
 }  // namespace detail
@@ -110,9 +112,11 @@ struct TransposeOp {
     const Context& ctx, std::span<const std::int64_t> offsets) {
   auto dev = ctx.workspace->take_span<std::int64_t>(static_cast<std::int64_t>(offsets.size()));
   if (!offsets.empty()) {
-    MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(dev.data, offsets.data(),
+    MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(dev.data,
+                                        offsets.data(),
                                         offsets.size() * sizeof(std::int64_t),
-                                        cudaMemcpyHostToDevice, ctx.stream));
+                                        cudaMemcpyHostToDevice,
+                                        ctx.stream));
   }
   return dev;
 }
@@ -126,7 +130,9 @@ void gather_values(const Context& ctx,
   if (dst.size == 0) {
     return;
   }
-  detail::gather_values_kernel<<<grid_blocks(ctx, dst.size, block_threads), block_threads, 0,
+  detail::gather_values_kernel<<<grid_blocks(ctx, dst.size, block_threads),
+                                 block_threads,
+                                 0,
                                  ctx.stream>>>(dst, src, index.data, fill);
   MMSPARSE_CUDA_CHECK_LAUNCH(gather_values_kernel);
 }
@@ -139,7 +145,9 @@ void scatter_values(const Context& ctx,
   if (src.size == 0) {
     return;
   }
-  detail::scatter_values_kernel<<<grid_blocks(ctx, src.size, block_threads), block_threads, 0,
+  detail::scatter_values_kernel<<<grid_blocks(ctx, src.size, block_threads),
+                                  block_threads,
+                                  0,
                                   ctx.stream>>>(dst, src, index.data);
   MMSPARSE_CUDA_CHECK_LAUNCH(scatter_values_kernel);
 }
@@ -157,8 +165,9 @@ inline void pad_segments(const Context& ctx,
   auto frame = ctx.workspace->frame();
   const auto dst = stage_offsets(ctx, dst_offsets);
   const auto src = stage_offsets(ctx, src_offsets);
-  detail::pad_segments_kernel<<<grid_blocks(ctx, rows, block_threads), block_threads, 0,
-                                ctx.stream>>>(slot.data, dst.data, src.data, segments);
+  detail::
+      pad_segments_kernel<<<grid_blocks(ctx, rows, block_threads), block_threads, 0, ctx.stream>>>(
+          slot.data, dst.data, src.data, segments);
   MMSPARSE_CUDA_CHECK_LAUNCH(pad_segments_kernel);
 }
 
@@ -172,7 +181,8 @@ inline void dense_slots(const Context& ctx,
   if (segments <= 0 || n <= 0) {
     return;
   }
-  MMSPARSE_CUDA_CHECK(cudaMemsetAsync(grid.data, 0xff,
+  MMSPARSE_CUDA_CHECK(cudaMemsetAsync(grid.data,
+                                      0xff,
                                       static_cast<std::size_t>(segments * n) * sizeof(std::int32_t),
                                       ctx.stream));  // all bits set: -1
   const std::int64_t items = offsets.back() - offsets.front();
@@ -181,8 +191,9 @@ inline void dense_slots(const Context& ctx,
   }
   auto frame = ctx.workspace->frame();
   const auto dev = stage_offsets(ctx, offsets);
-  detail::dense_slots_kernel<<<grid_blocks(ctx, items, block_threads), block_threads, 0,
-                               ctx.stream>>>(grid.data, key.data, dev.data, segments, n);
+  detail::
+      dense_slots_kernel<<<grid_blocks(ctx, items, block_threads), block_threads, 0, ctx.stream>>>(
+          grid.data, key.data, dev.data, segments, n);
   MMSPARSE_CUDA_CHECK_LAUNCH(dense_slots_kernel);
 }
 
@@ -190,7 +201,9 @@ inline void iota_mod(const Context& ctx, Span<std::int32_t, device_space> index,
   if (index.size == 0) {
     return;
   }
-  detail::iota_mod_kernel<<<grid_blocks(ctx, index.size, block_threads), block_threads, 0,
+  detail::iota_mod_kernel<<<grid_blocks(ctx, index.size, block_threads),
+                            block_threads,
+                            0,
                             ctx.stream>>>(index, n);
   MMSPARSE_CUDA_CHECK_LAUNCH(iota_mod_kernel);
 }
@@ -203,8 +216,9 @@ inline void map_index(const Context& ctx,
   if (in.size == 0) {
     return;
   }
-  detail::map_index_kernel<<<grid_blocks(ctx, in.size, block_threads), block_threads, 0,
-                             ctx.stream>>>(out, in, divisor, offset);
+  detail::
+      map_index_kernel<<<grid_blocks(ctx, in.size, block_threads), block_threads, 0, ctx.stream>>>(
+          out, in, divisor, offset);
   MMSPARSE_CUDA_CHECK_LAUNCH(map_index_kernel);
 }
 

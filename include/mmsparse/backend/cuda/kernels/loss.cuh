@@ -12,10 +12,10 @@
 
 #include <cstdint>
 
-#include <mmsparse/core/dtype.hpp>
-#include <mmsparse/core/view.hpp>
 #include <mmsparse/backend/cuda/check.cuh>
 #include <mmsparse/backend/cuda/kernels/common.cuh>
+#include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/view.hpp>
 
 namespace mmsparse::gpu {
 
@@ -75,7 +75,9 @@ void cross_entropy(const Context& ctx,
   if (logits.rows == 0 || logits.cols == 0) {
     return;
   }
-  detail::cross_entropy_kernel<<<row_blocks(ctx, logits.rows), row_threads(logits.cols), 0,
+  detail::cross_entropy_kernel<<<row_blocks(ctx, logits.rows),
+                                 row_threads(logits.cols),
+                                 0,
                                  ctx.stream>>>(loss.data, lse.data, logits, target.data);
   MMSPARSE_CUDA_CHECK_LAUNCH(cross_entropy_kernel);
 }
@@ -87,9 +89,11 @@ void cross_entropy_backward(const Context& ctx,
                             Span<const accum_t<T>, device_space> lse,
                             Span<const std::int32_t, device_space> target,
                             double scale) {
-  for_each_2d(ctx, logits.rows, logits.cols,
-              detail::CrossEntropyBackwardOp<T>{dlogits, logits, lse.data, target.data,
-                                                static_cast<accum_t<T>>(scale)});
+  for_each_2d(ctx,
+              logits.rows,
+              logits.cols,
+              detail::CrossEntropyBackwardOp<T>{
+                  dlogits, logits, lse.data, target.data, static_cast<accum_t<T>>(scale)});
 }
 
 }  // namespace mmsparse::gpu

@@ -14,11 +14,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include <mmsparse/backend/cuda/check.cuh>
+#include <mmsparse/backend/cuda/kernels/common.cuh>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/cuda/check.cuh>
-#include <mmsparse/backend/cuda/kernels/common.cuh>
 
 namespace mmsparse::gpu {
 
@@ -35,11 +35,8 @@ inline constexpr std::int64_t column_max_chunks = 256;
 }
 
 template <class A, class F>
-__global__ void column_partial_kernel(A* __restrict__ partial,
-                                      std::int64_t rows,
-                                      std::int64_t cols,
-                                      std::int64_t chunk_rows,
-                                      F f) {
+__global__ void column_partial_kernel(
+    A* __restrict__ partial, std::int64_t rows, std::int64_t cols, std::int64_t chunk_rows, F f) {
   const std::int64_t c = blockIdx.y;
   const std::int64_t begin = c * chunk_rows;
   const std::int64_t end = std::min(rows, begin + chunk_rows);
@@ -77,8 +74,8 @@ void column_sum(const Context& ctx, std::int64_t rows, std::int64_t cols, F f, G
   auto frame = ctx.workspace->frame();
   auto partial = ctx.workspace->take_span<A>(chunks * cols);  // [chunks, cols]
   const auto bx = static_cast<unsigned>(ceil_div(cols, block_threads));
-  column_partial_kernel<<<dim3(bx, static_cast<unsigned>(chunks)), block_threads, 0,
-                          ctx.stream>>>(partial.data, rows, cols, chunk_rows, f);
+  column_partial_kernel<<<dim3(bx, static_cast<unsigned>(chunks)), block_threads, 0, ctx.stream>>>(
+      partial.data, rows, cols, chunk_rows, f);
   MMSPARSE_CUDA_CHECK_LAUNCH(column_partial_kernel);
   column_finish_kernel<<<bx, block_threads, 0, ctx.stream>>>(partial.data, chunks, cols, g);
   MMSPARSE_CUDA_CHECK_LAUNCH(column_finish_kernel);
@@ -276,11 +273,11 @@ void rms_norm_backward(const Context& ctx,
   if (x.rows == 0 || x.cols == 0) {
     return;
   }
-  detail::rms_norm_backward_kernel<<<row_blocks(ctx, x.rows), row_threads(x.cols), 0,
-                                     ctx.stream>>>(dx, dy, x, w, rstd.data);
+  detail::rms_norm_backward_kernel<<<row_blocks(ctx, x.rows), row_threads(x.cols), 0, ctx.stream>>>(
+      dx, dy, x, w, rstd.data);
   MMSPARSE_CUDA_CHECK_LAUNCH(rms_norm_backward_kernel);
-  detail::column_sum<A>(ctx, x.rows, x.cols, detail::RmsDwTerm<T>{dy, x, rstd.data},
-                        detail::AddToRow<T>{dw});
+  detail::column_sum<A>(
+      ctx, x.rows, x.cols, detail::RmsDwTerm<T>{dy, x, rstd.data}, detail::AddToRow<T>{dw});
 }
 
 // bias may be empty (cols == 0): no bias.
@@ -316,10 +313,14 @@ void layer_norm_backward(const Context& ctx,
   if (x.rows == 0 || x.cols == 0) {
     return;
   }
-  detail::layer_norm_backward_kernel<<<row_blocks(ctx, x.rows), row_threads(x.cols), 0,
-                                       ctx.stream>>>(dx, dy, x, w, mean.data, rstd.data);
+  detail::
+      layer_norm_backward_kernel<<<row_blocks(ctx, x.rows), row_threads(x.cols), 0, ctx.stream>>>(
+          dx, dy, x, w, mean.data, rstd.data);
   MMSPARSE_CUDA_CHECK_LAUNCH(layer_norm_backward_kernel);
-  detail::column_sum<A>(ctx, x.rows, x.cols, detail::LayerDwTerm<T>{dy, x, mean.data, rstd.data},
+  detail::column_sum<A>(ctx,
+                        x.rows,
+                        x.cols,
+                        detail::LayerDwTerm<T>{dy, x, mean.data, rstd.data},
                         detail::AddToRow<T>{dw});
   if (!dbias.empty()) {
     detail::column_sum<A>(ctx, x.rows, x.cols, detail::DyTerm<T>{dy}, detail::AddToRow<T>{dbias});

@@ -12,10 +12,10 @@
 
 #include <cstdint>
 
-#include <mmsparse/core/rng.hpp>
-#include <mmsparse/core/view.hpp>
 #include <mmsparse/backend/cuda/check.cuh>
 #include <mmsparse/backend/cuda/kernels/common.cuh>
+#include <mmsparse/core/rng.hpp>
+#include <mmsparse/core/view.hpp>
 
 namespace mmsparse::gpu {
 
@@ -159,8 +159,8 @@ template <class W>
   MMSPARSE_CUDA_CHECK(cudaMemsetAsync(first.data, 0xff, sizeof(unsigned long long), ctx.stream));
   for_each_2d(ctx, x.rows, x.cols, detail::NonfiniteOp<W>{x, first.data});
   unsigned long long host = 0;
-  MMSPARSE_CUDA_CHECK(cudaMemcpyAsync(&host, first.data, sizeof host, cudaMemcpyDeviceToHost,
-                                      ctx.stream));
+  MMSPARSE_CUDA_CHECK(
+      cudaMemcpyAsync(&host, first.data, sizeof host, cudaMemcpyDeviceToHost, ctx.stream));
   MMSPARSE_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
   return host == ~0ull ? -1 : static_cast<std::int64_t>(host);
 }
@@ -174,8 +174,8 @@ void add_logistic_noise(const Context& ctx,
                         std::int64_t row_stride,
                         std::int64_t col_offset) {
   const std::int32_t* ids = row_id.empty() ? nullptr : row_id.data;
-  for_each_2d(ctx, y.rows, y.cols,
-              detail::LogisticNoiseOp<W>{y, ids, seed, row_stride, col_offset});
+  for_each_2d(
+      ctx, y.rows, y.cols, detail::LogisticNoiseOp<W>{y, ids, seed, row_stride, col_offset});
 }
 
 template <class W>
@@ -194,8 +194,9 @@ void softmax_rows_backward(const Context& ctx,
   if (dx.rows == 0 || dx.cols == 0) {
     return;
   }
-  detail::softmax_rows_backward_kernel<<<warp_row_blocks(ctx, dx.rows), block_threads, 0,
-                                         ctx.stream>>>(dx, dy, y);
+  detail::
+      softmax_rows_backward_kernel<<<warp_row_blocks(ctx, dx.rows), block_threads, 0, ctx.stream>>>(
+          dx, dy, y);
   MMSPARSE_CUDA_CHECK_LAUNCH(softmax_rows_backward_kernel);
 }
 
@@ -204,8 +205,8 @@ void logsumexp_rows(const Context& ctx, Span<W, device_space> out, View<const W,
   if (x.rows == 0 || x.cols == 0) {
     return;
   }
-  detail::logsumexp_rows_kernel<<<warp_row_blocks(ctx, x.rows), block_threads, 0,
-                                  ctx.stream>>>(out.data, x);
+  detail::logsumexp_rows_kernel<<<warp_row_blocks(ctx, x.rows), block_threads, 0, ctx.stream>>>(
+      out.data, x);
   MMSPARSE_CUDA_CHECK_LAUNCH(logsumexp_rows_kernel);
 }
 
@@ -214,8 +215,8 @@ void normalize_rows(const Context& ctx, View<W, device_space> y, View<const W, d
   if (x.rows == 0 || x.cols == 0) {
     return;
   }
-  detail::normalize_rows_kernel<<<warp_row_blocks(ctx, x.rows), block_threads, 0,
-                                  ctx.stream>>>(y, x);
+  detail::normalize_rows_kernel<<<warp_row_blocks(ctx, x.rows), block_threads, 0, ctx.stream>>>(y,
+                                                                                                x);
   MMSPARSE_CUDA_CHECK_LAUNCH(normalize_rows_kernel);
 }
 
@@ -228,8 +229,10 @@ void normalize_rows_backward(const Context& ctx,
   if (x.rows == 0 || x.cols == 0) {
     return;
   }
-  detail::normalize_rows_backward_kernel<<<warp_row_blocks(ctx, x.rows), block_threads,
-                                           0, ctx.stream>>>(dx, dy, y, x);
+  detail::normalize_rows_backward_kernel<<<warp_row_blocks(ctx, x.rows),
+                                           block_threads,
+                                           0,
+                                           ctx.stream>>>(dx, dy, y, x);
   MMSPARSE_CUDA_CHECK_LAUNCH(normalize_rows_backward_kernel);
 }
 

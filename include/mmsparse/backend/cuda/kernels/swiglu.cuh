@@ -12,9 +12,9 @@
 
 #include <cstdint>
 
+#include <mmsparse/backend/cuda/kernels/common.cuh>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/cuda/kernels/common.cuh>
 
 namespace mmsparse::gpu {
 

@@ -18,11 +18,11 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
-#include <mmsparse/core/math.hpp>
-#include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/backend/cuda/cub_ops.cuh>
 #include <mmsparse/backend/cuda/kernels/common.cuh>
+#include <mmsparse/backend/workspace.hpp>
+#include <mmsparse/core/math.hpp>
+#include <mmsparse/core/view.hpp>
 
 namespace mmsparse::gpu {
 
@@ -70,8 +70,8 @@ MMSPARSE_DEVICE MMSPARSE_FORCEINLINE std::uint32_t descending_key(float s) {
 // out token-major, so among equal keys the lower token comes first and stays first.
 template <class Key>
 __global__ void topk_cols_keys_kernel(Key* __restrict__ key,
-                                             std::int32_t* __restrict__ token,
-                                             View<const float, device_space> scores) {
+                                      std::int32_t* __restrict__ token,
+                                      View<const float, device_space> scores) {
   const std::int64_t n = scores.rows * scores.cols;
   for (std::int64_t i = thread_index(); i < n; i += thread_count()) {
     const std::int64_t t = i / scores.cols;
@@ -84,10 +84,10 @@ __global__ void topk_cols_keys_kernel(Key* __restrict__ key,
 // The first c tokens of each expert's sorted segment -> key e * N + t (sorts by token).
 template <class Key>
 __global__ void topk_cols_winners_kernel(Key* __restrict__ key,
-                                                const std::int32_t* __restrict__ token,
-                                                std::int64_t tokens,
-                                                std::int64_t experts,
-                                                std::int64_t c) {
+                                         const std::int32_t* __restrict__ token,
+                                         std::int64_t tokens,
+                                         std::int64_t experts,
+                                         std::int64_t c) {
   const std::int64_t n = experts * c;
   for (std::int64_t i = thread_index(); i < n; i += thread_count()) {
     const std::int64_t e = i / c;
@@ -99,9 +99,9 @@ __global__ void topk_cols_winners_kernel(Key* __restrict__ key,
 template <class Key>
 __global__ void topk_cols_index_kernel(std::int32_t* __restrict__ index,
                                        const Key* __restrict__ key,
-                                              std::int64_t tokens,
-                                              std::int64_t experts,
-                                              std::int64_t c) {
+                                       std::int64_t tokens,
+                                       std::int64_t experts,
+                                       std::int64_t c) {
   const std::int64_t n = experts * c;
   for (std::int64_t i = thread_index(); i < n; i += thread_count()) {
     index[i] = static_cast<std::int32_t>(static_cast<std::int64_t>(key[i]) - (i / c) * tokens);
@@ -121,15 +121,24 @@ struct TopkColsScratch {
   const std::int64_t winners = experts * c;
   std::size_t first = 0;
   std::size_t second = 0;
-  MMSPARSE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      nullptr, first, static_cast<const std::uint64_t*>(nullptr),
-      static_cast<std::uint64_t*>(nullptr), static_cast<const std::int32_t*>(nullptr),
-      static_cast<std::int32_t*>(nullptr), static_cast<int>(all), 0,
-      32 + key_bits(static_cast<std::uint64_t>(experts - 1))));
-  MMSPARSE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(
-      nullptr, second, static_cast<const std::uint64_t*>(nullptr),
-      static_cast<std::uint64_t*>(nullptr), static_cast<int>(winners), 0,
-      key_bits(static_cast<std::uint64_t>(all - 1))));
+  MMSPARSE_CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(nullptr,
+                                      first,
+                                      static_cast<const std::uint64_t*>(nullptr),
+                                      static_cast<std::uint64_t*>(nullptr),
+                                      static_cast<const std::int32_t*>(nullptr),
+                                      static_cast<std::int32_t*>(nullptr),
+                                      static_cast<int>(all),
+                                      0,
+                                      32 + key_bits(static_cast<std::uint64_t>(experts - 1))));
+  MMSPARSE_CUDA_CHECK(
+      cub::DeviceRadixSort::SortKeys(nullptr,
+                                     second,
+                                     static_cast<const std::uint64_t*>(nullptr),
+                                     static_cast<std::uint64_t*>(nullptr),
+                                     static_cast<int>(winners),
+                                     0,
+                                     key_bits(static_cast<std::uint64_t>(all - 1))));
   TopkColsScratch s;
   s.cub_bytes = std::max({first, second, std::size_t{1}});
   s.total = 2 * WS::bytes_for<std::uint64_t>(all) + 2 * WS::bytes_for<std::int32_t>(all) +
@@ -178,36 +187,57 @@ void topk_cols(const Context& ctx,
     return;
   }
   MMSPARSE_CHECK(tokens * experts < (std::int64_t{1} << 31) && experts < (std::int64_t{1} << 31),
-                 "CudaBackend::topk_cols", "scores", "fewer than 2^31 entries", scores.shape());
+                 "CudaBackend::topk_cols",
+                 "scores",
+                 "fewer than 2^31 entries",
+                 scores.shape());
   const auto scratch = detail::topk_cols_scratch(tokens, experts, c);
   const std::int64_t all = tokens * experts;
   const std::int64_t winners = experts * c;
   auto& ws = *ctx.workspace;
   auto frame = ws.frame();
-  auto key_in = ws.take_span<std::uint64_t>(all);      // [N * E]
-  auto key_out = ws.take_span<std::uint64_t>(all);     // [N * E], expert-major after the sort
+  auto key_in = ws.take_span<std::uint64_t>(all);   // [N * E]
+  auto key_out = ws.take_span<std::uint64_t>(all);  // [N * E], expert-major after the sort
   auto token_in = ws.take_span<std::int32_t>(all);
   auto token_out = ws.take_span<std::int32_t>(all);
   auto win_in = ws.take_span<std::uint64_t>(winners);  // [E * c]
   auto win_out = ws.take_span<std::uint64_t>(winners);
   auto temp = ws.take_span<std::byte>(static_cast<std::int64_t>(scratch.cub_bytes));
 
-  detail::topk_cols_keys_kernel<<<grid_blocks(ctx, all, block_threads), block_threads, 0,
-                                  ctx.stream>>>(key_in.data, token_in.data, scores);
+  detail::
+      topk_cols_keys_kernel<<<grid_blocks(ctx, all, block_threads), block_threads, 0, ctx.stream>>>(
+          key_in.data, token_in.data, scores);
   MMSPARSE_CUDA_CHECK_LAUNCH(topk_cols_keys_kernel);
   std::size_t bytes = scratch.cub_bytes;
   MMSPARSE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      temp.data, bytes, key_in.data, key_out.data, token_in.data, token_out.data,
-      static_cast<int>(all), 0, 32 + detail::key_bits(static_cast<std::uint64_t>(experts - 1)),
+      temp.data,
+      bytes,
+      key_in.data,
+      key_out.data,
+      token_in.data,
+      token_out.data,
+      static_cast<int>(all),
+      0,
+      32 + detail::key_bits(static_cast<std::uint64_t>(experts - 1)),
       ctx.stream));
-  detail::topk_cols_winners_kernel<<<grid_blocks(ctx, winners, block_threads), block_threads, 0,
+  detail::topk_cols_winners_kernel<<<grid_blocks(ctx, winners, block_threads),
+                                     block_threads,
+                                     0,
                                      ctx.stream>>>(win_in.data, token_out.data, tokens, experts, c);
   MMSPARSE_CUDA_CHECK_LAUNCH(topk_cols_winners_kernel);
   bytes = scratch.cub_bytes;
-  MMSPARSE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(
-      temp.data, bytes, win_in.data, win_out.data, static_cast<int>(winners), 0,
-      detail::key_bits(static_cast<std::uint64_t>(all - 1)), ctx.stream));
-  detail::topk_cols_index_kernel<<<grid_blocks(ctx, winners, block_threads), block_threads, 0,
+  MMSPARSE_CUDA_CHECK(
+      cub::DeviceRadixSort::SortKeys(temp.data,
+                                     bytes,
+                                     win_in.data,
+                                     win_out.data,
+                                     static_cast<int>(winners),
+                                     0,
+                                     detail::key_bits(static_cast<std::uint64_t>(all - 1)),
+                                     ctx.stream));
+  detail::topk_cols_index_kernel<<<grid_blocks(ctx, winners, block_threads),
+                                   block_threads,
+                                   0,
                                    ctx.stream>>>(index.data, win_out.data, tokens, experts, c);
   MMSPARSE_CUDA_CHECK_LAUNCH(topk_cols_index_kernel);
 }
