@@ -9,6 +9,7 @@
 
 #include <mmsparse/autograd/no_grad.hpp>
 #include <mmsparse/autograd/ops.hpp>
+#include <mmsparse/autograd/params.hpp>
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/core/rng.hpp>
 #include <mmsparse/testing/gradcheck.hpp>
@@ -268,8 +269,8 @@ TEST_CASE("ops: shape errors name the argument", "[autograd][cpu]") {
   REQUIRE_THROWS_AS(add(tape, b, a, c), Error);
   REQUIRE_THROWS_WITH(add(tape, b, a, c), Catch::Contains("[add] c"));
   REQUIRE_THROWS_WITH(linear(tape, b, a, a), Catch::Contains("[linear_forward] w"));
-  const std::vector<std::int32_t> bad = {0, 9};
-  REQUIRE_THROWS_WITH(cross_entropy(tape, b, c, Span<const std::int32_t>(bad.data(), 2)),
+  const std::vector<std::int32_t> bad = {0, 9, 1};
+  REQUIRE_THROWS_WITH(cross_entropy(tape, b, c, Span<const std::int32_t>(bad.data(), 3)),
                       Catch::Contains("[cross_entropy_forward] targets[1]"));
 }
 

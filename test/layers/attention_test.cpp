@@ -6,211 +6,22 @@
 
 #include <catch2/catch.hpp>
 
+#include "layers/attention_reference.hpp"
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/core/rng.hpp>
 #include <mmsparse/core/tensor.hpp>
 #include <mmsparse/layers/attention.hpp>
 
 namespace mm = mmsparse;
+using namespace attention_reference;  // NOLINT: the oracle of this test
 
 namespace {
 
 using Cpu = mm::CpuBackend<double>;
 using Attn = mm::Attention<double, Cpu>;
 
-// ---- a naive reference in double: explicit loops over tokens, heads, keys -----------------
-
-// The weights one token uses (a MoT block picks them by modality).
-struct RefWeights {
-  mm::View<const double> wq, wk, wv, wo, q_norm, q_norm_bias, k_norm, k_norm_bias;
-};
-
 RefWeights ref_weights(const Attn::Weights& w) {
   return {w.wq, w.wk, w.wv, w.wo, w.q_norm, w.q_norm_bias, w.k_norm, w.k_norm_bias};
-}
-
-// Token i sees token j: same sequence, and j <= i, or both in one image run (all of i..j images).
-bool visible(const mm::AttentionMask& mask, std::int64_t i, std::int64_t j) {
-  if (i / mask.seq_len != j / mask.seq_len) {
-    return false;
-  }
-  if (j <= i) {
-    return true;
-  }
-  if (mask.kind != mm::MaskKind::image_bidirectional) {
-    return false;
-  }
-  for (std::int64_t t = i; t <= j; ++t) {
-    if (mask.modality[static_cast<std::size_t>(t)] != mask.image) {
-      return false;
-    }
-  }
-  return true;
-}
-
-// Normalises v[0..dh) in place: RMSNorm or LayerNorm with weight w (and bias).
-void ref_norm(double* v,
-              const mm::AttentionConfig& cfg,
-              mm::View<const double> w,
-              mm::View<const double> bias) {
-  const std::int64_t dh = cfg.head_dim;
-  if (cfg.qk_norm == mm::QkNorm::rms_norm) {
-    double ss = 0;
-    for (std::int64_t j = 0; j < dh; ++j) {
-      ss += v[j] * v[j];
-    }
-    const double r = 1.0 / std::sqrt(ss / static_cast<double>(dh) + cfg.norm_eps);
-    for (std::int64_t j = 0; j < dh; ++j) {
-      v[j] = v[j] * r * w(0, j);
-    }
-  } else if (cfg.qk_norm == mm::QkNorm::layer_norm) {
-    double m = 0;
-    for (std::int64_t j = 0; j < dh; ++j) {
-      m += v[j];
-    }
-    m /= static_cast<double>(dh);
-    double var = 0;
-    for (std::int64_t j = 0; j < dh; ++j) {
-      var += (v[j] - m) * (v[j] - m);
-    }
-    const double r = 1.0 / std::sqrt(var / static_cast<double>(dh) + cfg.norm_eps);
-    for (std::int64_t j = 0; j < dh; ++j) {
-      v[j] = (v[j] - m) * r * w(0, j) + bias(0, j);
-    }
-  }
-}
-
-// Multiplies v[0..dh) by the block-diagonal rotation matrix R(pos): block i is
-// [[cos a, -sin a], [sin a, cos a]], a = pos * theta^(-2i/dh).
-void ref_rope(double* v, std::int64_t dh, double theta, std::int32_t pos) {
-  std::vector<double> out(static_cast<std::size_t>(dh), 0.0);
-  for (std::int64_t r = 0; r < dh; ++r) {
-    for (std::int64_t c = 0; c < dh; ++c) {
-      double m = 0;
-      if (r / 2 == c / 2) {
-        const double a =
-            pos * std::pow(theta, -2.0 * static_cast<double>(r / 2) / static_cast<double>(dh));
-        if (r == c) {
-          m = std::cos(a);
-        } else if (r % 2 == 0) {
-          m = -std::sin(a);
-        } else {
-          m = std::sin(a);
-        }
-      }
-      out[static_cast<std::size_t>(r)] += m * v[c];
-    }
-  }
-  for (std::int64_t r = 0; r < dh; ++r) {
-    v[r] = out[static_cast<std::size_t>(r)];
-  }
-}
-
-// y [N, d] for x [N, d]; token i uses weights[set[i]].
-mm::Tensor<double> reference(const mm::AttentionConfig& cfg,
-                             const mm::Tensor<double>& x,
-                             const std::vector<std::int32_t>& positions,
-                             const mm::AttentionMask& mask,
-                             const std::vector<RefWeights>& weights,
-                             const std::vector<int>& set) {
-  const std::int64_t n = x.rows();
-  const std::int64_t d = cfg.d;
-  const std::int64_t dh = cfg.head_dim;
-  const std::int64_t H = cfg.heads;
-  const std::int64_t Hkv = cfg.kv_heads;
-  mm::Tensor<double> q(n, H * dh), k(n, Hkv * dh), v(n, Hkv * dh), a(n, H * dh), y(n, d);
-  for (std::int64_t i = 0; i < n; ++i) {
-    const RefWeights& w = weights[static_cast<std::size_t>(set[static_cast<std::size_t>(i)])];
-    for (std::int64_t c = 0; c < H * dh; ++c) {
-      double s = 0;
-      for (std::int64_t j = 0; j < d; ++j) {
-        s += x(i, j) * w.wq(j, c);
-      }
-      q(i, c) = s;
-    }
-    for (std::int64_t c = 0; c < Hkv * dh; ++c) {
-      double sk = 0;
-      double sv = 0;
-      for (std::int64_t j = 0; j < d; ++j) {
-        sk += x(i, j) * w.wk(j, c);
-        sv += x(i, j) * w.wv(j, c);
-      }
-      k(i, c) = sk;
-      v(i, c) = sv;
-    }
-    for (std::int64_t h = 0; h < H; ++h) {
-      ref_norm(&q(i, h * dh), cfg, w.q_norm, w.q_norm_bias);
-      if (cfg.rope_theta > 0) {
-        ref_rope(&q(i, h * dh), dh, cfg.rope_theta, positions[static_cast<std::size_t>(i)]);
-      }
-    }
-    for (std::int64_t h = 0; h < Hkv; ++h) {
-      ref_norm(&k(i, h * dh), cfg, w.k_norm, w.k_norm_bias);
-      if (cfg.rope_theta > 0) {
-        ref_rope(&k(i, h * dh), dh, cfg.rope_theta, positions[static_cast<std::size_t>(i)]);
-      }
-    }
-  }
-  for (std::int64_t i = 0; i < n; ++i) {
-    for (std::int64_t h = 0; h < H; ++h) {
-      const std::int64_t g = h / (H / Hkv);  // GQA: query heads share kv head g
-      std::vector<double> score(static_cast<std::size_t>(n), 0.0);
-      double mx = -1e300;
-      for (std::int64_t j = 0; j < n; ++j) {
-        if (!visible(mask, i, j)) {
-          continue;
-        }
-        double s = 0;
-        for (std::int64_t c = 0; c < dh; ++c) {
-          s += q(i, h * dh + c) * k(j, g * dh + c);
-        }
-        score[static_cast<std::size_t>(j)] = s / std::sqrt(static_cast<double>(dh));
-        mx = std::max(mx, score[static_cast<std::size_t>(j)]);
-      }
-      double z = 0;
-      for (std::int64_t j = 0; j < n; ++j) {
-        if (visible(mask, i, j)) {
-          z += std::exp(score[static_cast<std::size_t>(j)] - mx);
-        }
-      }
-      for (std::int64_t c = 0; c < dh; ++c) {
-        double s = 0;
-        for (std::int64_t j = 0; j < n; ++j) {
-          if (visible(mask, i, j)) {
-            s += std::exp(score[static_cast<std::size_t>(j)] - mx) / z * v(j, g * dh + c);
-          }
-        }
-        a(i, h * dh + c) = s;
-      }
-    }
-  }
-  for (std::int64_t i = 0; i < n; ++i) {
-    const RefWeights& w = weights[static_cast<std::size_t>(set[static_cast<std::size_t>(i)])];
-    for (std::int64_t c = 0; c < d; ++c) {
-      double s = 0;
-      for (std::int64_t j = 0; j < H * dh; ++j) {
-        s += a(i, j) * w.wo(j, c);
-      }
-      y(i, c) = s;
-    }
-  }
-  return y;
-}
-
-// ---- helpers ------------------------------------------------------------------
-
-template <class T>
-double rel_error(mm::View<const T> a, mm::View<const T> b) {
-  double num = 0;
-  double den = 0;
-  for (std::int64_t i = 0; i < a.rows; ++i) {
-    for (std::int64_t j = 0; j < a.cols; ++j) {
-      const double d = static_cast<double>(a(i, j)) - static_cast<double>(b(i, j));
-      num += d * d;
-      den += static_cast<double>(b(i, j)) * static_cast<double>(b(i, j));
-    }
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 // Random values in every weight (norm weights near 1), so no check passes by symmetry.
@@ -227,18 +38,6 @@ void randomize(const Attn::Weights& w, std::uint64_t seed) {
   }
 }
 
-std::vector<std::int32_t> make_positions(std::int64_t n, std::int64_t seq, std::int32_t start) {
-  std::vector<std::int32_t> p(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) {
-    p[static_cast<std::size_t>(i)] = start + static_cast<std::int32_t>(i % seq);
-  }
-  return p;
-}
-
-mm::Span<const std::int32_t> span_of(const std::vector<std::int32_t>& v) {
-  return {v.data(), static_cast<std::int64_t>(v.size())};
-}
-
 std::vector<std::pair<std::string, mm::View<double>>> named(const Attn::Weights& w) {
   std::vector<std::pair<std::string, mm::View<double>>> out = {
       {"wq", w.wq}, {"wk", w.wk}, {"wv", w.wv}, {"wo", w.wo}};
@@ -251,26 +50,6 @@ std::vector<std::pair<std::string, mm::View<double>>> named(const Attn::Weights&
     }
   }
   return out;
-}
-
-// Central differences of L(v) at every element of v against the analytic gradient g.
-double grad_rel_error(mm::View<double> v,
-                      mm::View<const double> g,
-                      const std::function<double()>& loss,
-                      double h = 1e-5) {
-  mm::Tensor<double> num(v.rows, v.cols);
-  for (std::int64_t i = 0; i < v.rows; ++i) {
-    for (std::int64_t j = 0; j < v.cols; ++j) {
-      const double orig = v(i, j);
-      v(i, j) = orig + h;
-      const double lp = loss();
-      v(i, j) = orig - h;
-      const double lm = loss();
-      v(i, j) = orig;
-      num(i, j) = (lp - lm) / (2 * h);
-    }
-  }
-  return rel_error<double>(g, num.view());
 }
 
 struct Case {
@@ -500,86 +279,6 @@ TEST_CASE("Attention gradients match central differences", "[layers][cpu][grad]"
       }
     }
   }
-}
-
-TEST_CASE("Attention is causal: a later token never changes an earlier output", "[layers][cpu]") {
-  mm::CpuBackend<float> b;
-  mm::AttentionConfig cfg{.d = 16,
-                          .heads = 4,
-                          .kv_heads = 2,
-                          .qk_norm = mm::QkNorm::rms_norm,
-                          .query_tile = 5,
-                          .seed = 12};
-  mm::Attention<float, mm::CpuBackend<float>> layer(cfg);
-  const std::int64_t seq = 16;
-  const std::int64_t n = 3 * seq;
-  mm::Rng rng(13);
-  auto x = rng.normal_tensor<float>(n, cfg.d);
-  const auto pos = make_positions(n, seq, 0);
-  mm::Tensor<float> y0(n, cfg.d);
-  layer.forward(b, x.view(), span_of(pos), mm::AttentionMask::causal(seq), y0.view());
-  for (const std::int64_t t : {0, 7, 15}) {
-    auto x1 = x.clone();
-    for (std::int64_t j = 0; j < cfg.d; ++j) {
-      x1(seq + t, j) += 3.0f;  // token t of the middle sequence
-    }
-    mm::Tensor<float> y1(n, cfg.d);
-    layer.forward(b, x1.view(), span_of(pos), mm::AttentionMask::causal(seq), y1.view());
-    for (std::int64_t i = 0; i < n; ++i) {
-      bool same = true;
-      for (std::int64_t j = 0; j < cfg.d; ++j) {
-        same = same && y1(i, j) == y0(i, j);
-      }
-      const bool affected = i >= seq + t && i < 2 * seq;
-      INFO("perturbed token " << seq + t << ", output " << i);
-      REQUIRE(same == !affected);
-    }
-  }
-}
-
-TEST_CASE("Image spans attend both ways inside the span, causally outside", "[layers][cpu]") {
-  Cpu b;
-  mm::AttentionConfig cfg{
-      .d = 8, .heads = 2, .qk_norm = mm::QkNorm::layer_norm, .query_tile = 3, .seed = 14};
-  Attn layer(cfg);
-  randomize(layer.weights(), 15);
-  // One sequence: text 0-1, image span A 2-4, text 5, image span B 6-8, text 9.
-  const std::vector<mm::ModalityId> modality = {0, 0, 1, 1, 1, 0, 1, 1, 1, 0};
-  const std::int64_t n = 10;
-  const auto mask = mm::AttentionMask::image_bidirectional(n, modality);
-  mm::Rng rng(16);
-  auto x = rng.normal_tensor<double>(n, cfg.d);
-  const auto pos = make_positions(n, n, 0);
-  mm::Tensor<double> y0(n, cfg.d);
-  layer.forward(b, x.view(), span_of(pos), mask, y0.view());
-  auto span_of_token = [&](std::int64_t t) {
-    return t >= 2 && t <= 4 ? 0 : (t >= 6 && t <= 8 ? 1 : -1);
-  };
-  for (std::int64_t t = 0; t < n; ++t) {
-    auto x1 = x.clone();
-    for (std::int64_t j = 0; j < cfg.d; ++j) {
-      x1(t, j) -= 2.0;
-    }
-    mm::Tensor<double> y1(n, cfg.d);
-    layer.forward(b, x1.view(), span_of(pos), mask, y1.view());
-    for (std::int64_t i = 0; i < n; ++i) {
-      double diff = 0;
-      for (std::int64_t j = 0; j < cfg.d; ++j) {
-        diff = std::max(diff, std::fabs(y1(i, j) - y0(i, j)));
-      }
-      // i sees t: t <= i, or t later in i's own image span.
-      const bool sees = t <= i || (span_of_token(i) >= 0 && span_of_token(i) == span_of_token(t));
-      INFO("perturbed token " << t << ", output " << i << ", max change " << diff);
-      if (sees) {
-        REQUIRE(diff > 1e-8);
-      } else {
-        REQUIRE(diff == 0.0);
-      }
-    }
-  }
-  // The key limits say the same: a prefix per query.
-  const auto lim = mm::attention_key_limits(mask, n, "test");
-  REQUIRE(lim == std::vector<std::int32_t>{1, 2, 5, 5, 5, 6, 9, 9, 9, 10});
 }
 
 TEST_CASE("Per-modality projections around one core attention (the MoT split)",

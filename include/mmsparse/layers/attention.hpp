@@ -76,24 +76,29 @@ class QkvProjection {
                   "layers initialise their own weights on the host; bind() device weights");
     const std::int64_t d = cfg_.d;
     const std::int64_t dh = cfg_.head_dim;
-    const bool norm = cfg_.qk_norm != QkNorm::none;
-    const bool bias = cfg_.qk_norm == QkNorm::layer_norm;
+    const std::int64_t norm = cfg_.qk_norm != QkNorm::none ? 1 : 0;  // rows of the norm weights
+    const std::int64_t bias = cfg_.qk_norm == QkNorm::layer_norm ? 1 : 0;
     Rng rng(cfg_.seed);
     const double stddev = 1.0 / std::sqrt(static_cast<double>(d));
     for (auto [t, rows, cols, init] : {std::tuple{&wq_, d, cfg_.q_width(), -1.0},
                                        std::tuple{&wk_, d, cfg_.kv_width(), -1.0},
                                        std::tuple{&wv_, d, cfg_.kv_width(), -1.0},
-                                       std::tuple{&q_norm_, norm ? 1 : 0, dh, 1.0},
-                                       std::tuple{&q_norm_bias_, bias ? 1 : 0, dh, 0.0},
-                                       std::tuple{&k_norm_, norm ? 1 : 0, dh, 1.0},
-                                       std::tuple{&k_norm_bias_, bias ? 1 : 0, dh, 0.0}}) {
+                                       std::tuple{&q_norm_, norm, dh, 1.0},
+                                       std::tuple{&q_norm_bias_, bias, dh, 0.0},
+                                       std::tuple{&k_norm_, norm, dh, 1.0},
+                                       std::tuple{&k_norm_bias_, bias, dh, 0.0}}) {
       *t = Tensor<T, S>(rows, cols);  // weights ~ N(0, 1/d); norm weights 1, biases 0
       for (std::int64_t i = 0; i < t->size(); ++i) {
         t->data()[i] = scalar_cast<T>(init < 0 ? stddev * rng.normal() : init);
       }
     }
-    weights_ = {wq_.view(),     wk_.view(),          wv_.view(),    q_norm_.view(),
-                q_norm_bias_.view(), k_norm_.view(), k_norm_bias_.view()};
+    weights_ = {wq_.view(),
+                wk_.view(),
+                wv_.view(),
+                q_norm_.view(),
+                q_norm_bias_.view(),
+                k_norm_.view(),
+                k_norm_bias_.view()};
   }
 
   [[nodiscard]] const AttentionConfig& config() const {
@@ -107,9 +112,9 @@ class QkvProjection {
   [[nodiscard]] static std::vector<std::pair<std::string, Shape>> parameter_shapes(
       AttentionConfig cfg) {
     cfg = resolve_attention_config(cfg, "QkvProjection::parameter_shapes");
-    std::vector<std::pair<std::string, Shape>> shapes = {
-        {"wq", {cfg.d, cfg.q_width()}}, {"wk", {cfg.d, cfg.kv_width()}},
-        {"wv", {cfg.d, cfg.kv_width()}}};
+    std::vector<std::pair<std::string, Shape>> shapes = {{"wq", {cfg.d, cfg.q_width()}},
+                                                         {"wk", {cfg.d, cfg.kv_width()}},
+                                                         {"wv", {cfg.d, cfg.kv_width()}}};
     const bool bias = cfg.qk_norm == QkNorm::layer_norm;
     for (const char* which : {"q_norm", "k_norm"}) {
       if (cfg.qk_norm != QkNorm::none) {
@@ -147,13 +152,13 @@ class QkvProjection {
     auto rstd = ws.template take_span<A>(n * cfg_.heads);
     project(b, x, q_raw, k_raw, v);
     normalize(b, q, q_raw, mean, rstd, true);
-    normalize(b, k, k_raw, mean.subspan(0, n * cfg_.kv_heads),
-              rstd.subspan(0, n * cfg_.kv_heads), false);
+    normalize(
+        b, k, k_raw, mean.subspan(0, n * cfg_.kv_heads), rstd.subspan(0, n * cfg_.kv_heads), false);
   }
 
   // Training forward: as forward, and keeps what backward needs in `saved`.
-  void forward(B& b, View<const T, S> x, View<T, S> q, View<T, S> k, View<T, S> v,
-               Saved& saved) const {
+  void forward(
+      B& b, View<const T, S> x, View<T, S> q, View<T, S> k, View<T, S> v, Saved& saved) const {
     check_io("QkvProjection::forward", x, q, k, v);
     const std::int64_t n = x.rows;
     saved.valid = false;
@@ -178,16 +183,21 @@ class QkvProjection {
 
   // dx [n, d] += dL/dx and grads += dL/dW, given dq, dk, dv. A gradient view with 0 rows is
   // skipped (a frozen weight, or an input that needs no gradient).
-  void backward(B& b, const Saved& saved, View<const T, S> dq, View<const T, S> dk,
-                View<const T, S> dv, View<T, S> dx, Weights grads) const {
+  void backward(B& b,
+                const Saved& saved,
+                View<const T, S> dq,
+                View<const T, S> dk,
+                View<const T, S> dv,
+                View<T, S> dx,
+                Weights grads) const {
     constexpr const char* op = "QkvProjection::backward";
     MMSPARSE_CHECK(saved.valid, op, "saved", "the context of a training forward", "none");
     const std::int64_t n = saved.x.rows();
     check_shape(op, "dq", dq.shape(), {n, cfg_.q_width()});
     check_shape(op, "dk", dk.shape(), {n, cfg_.kv_width()});
     check_shape(op, "dv", dv.shape(), {n, cfg_.kv_width()});
-    MMSPARSE_CHECK(dx.rows == 0 || dx.shape() == (Shape{n, cfg_.d}), op, "dx", (Shape{n, cfg_.d}),
-                   dx.shape());
+    MMSPARSE_CHECK(
+        dx.rows == 0 || dx.shape() == (Shape{n, cfg_.d}), op, "dx", (Shape{n, cfg_.d}), dx.shape());
     check_weights(op, grads, "grads.");
     const View<const T, S> x = saved.x.view();
     const View<T, S> none;
@@ -241,22 +251,26 @@ class QkvProjection {
          {std::tuple{w.wq, "wq", true, Shape{cfg_.d, cfg_.q_width()}},
           std::tuple{w.wk, "wk", true, Shape{cfg_.d, cfg_.kv_width()}},
           std::tuple{w.wv, "wv", true, Shape{cfg_.d, cfg_.kv_width()}},
-          std::tuple{w.q_norm, "q_norm", norm, row}, std::tuple{w.k_norm, "k_norm", norm, row},
+          std::tuple{w.q_norm, "q_norm", norm, row},
+          std::tuple{w.k_norm, "k_norm", norm, row},
           std::tuple{w.q_norm_bias, "q_norm_bias", bias, row},
           std::tuple{w.k_norm_bias, "k_norm_bias", bias, row}}) {
       if (used) {
-        MMSPARSE_CHECK(v.shape() == expected || (grads && v.rows == 0), op, prefix + name,
-                       expected, v.shape());
-      } else {
-        MMSPARSE_CHECK(v.empty(), op, prefix + name, "an empty view (not used by this qk_norm)",
+        MMSPARSE_CHECK(v.shape() == expected || (grads && v.rows == 0),
+                       op,
+                       prefix + name,
+                       expected,
                        v.shape());
+      } else {
+        MMSPARSE_CHECK(
+            v.empty(), op, prefix + name, "an empty view (not used by this qk_norm)", v.shape());
       }
     }
   }
-  void check_io(const char* op, View<const T, S> x, View<T, S> q, View<T, S> k,
-                View<T, S> v) const {
-    MMSPARSE_CHECK(x.cols == cfg_.d, op, "x", "shape [n, " + std::to_string(cfg_.d) + "]",
-                   x.shape());
+  void check_io(
+      const char* op, View<const T, S> x, View<T, S> q, View<T, S> k, View<T, S> v) const {
+    MMSPARSE_CHECK(
+        x.cols == cfg_.d, op, "x", "shape [n, " + std::to_string(cfg_.d) + "]", x.shape());
     check_shape(op, "q", q.shape(), {x.rows, cfg_.q_width()});
     check_shape(op, "k", k.shape(), {x.rows, cfg_.kv_width()});
     check_shape(op, "v", v.shape(), {x.rows, cfg_.kv_width()});
@@ -270,8 +284,8 @@ class QkvProjection {
 
   // y [n, heads·dh] = the q (or k) norm of each head of raw (contiguous); a strided y goes
   // through the workspace.
-  void normalize(B& b, View<T, S> y, View<T, S> raw, Span<A, S> mean, Span<A, S> rstd,
-                 bool is_q) const {
+  void normalize(
+      B& b, View<T, S> y, View<T, S> raw, Span<A, S> mean, Span<A, S> rstd, bool is_q) const {
     const std::int64_t dh = cfg_.head_dim;
     const auto w = cview(is_q ? weights_.q_norm : weights_.k_norm);
     auto frame = b.workspace().frame();
@@ -288,8 +302,12 @@ class QkvProjection {
     }
   }
   // draw [n, heads·dh] = dL/d(raw) (overwritten); the norm's weight gradients += theirs.
-  void normalize_backward(B& b, View<T, S> draw, const Weights& grads, View<const T, S> dy,
-                          const NormSaved& ns, bool is_q) const {
+  void normalize_backward(B& b,
+                          View<T, S> draw,
+                          const Weights& grads,
+                          View<const T, S> dy,
+                          const NormSaved& ns,
+                          bool is_q) const {
     const std::int64_t dh = cfg_.head_dim;
     auto& ws = b.workspace();
     auto frame = ws.frame();
@@ -571,13 +589,14 @@ class Attention {
   [[nodiscard]] double flops(const AttentionMask& mask, std::int64_t tokens) const {
     return qkv_.flops(tokens) + core_.flops(mask, tokens) + out_.flops(tokens);
   }
+  // Workspace bytes a forward or backward over `tokens` tokens in sequences of seq_len takes.
   [[nodiscard]] std::size_t workspace_bytes(std::int64_t tokens, std::int64_t seq_len) const {
     using W = Workspace<S>;
-    return 2 * W::template bytes_for<T>(tokens * cfg_.q_width()) +
-           2 * W::template bytes_for<T>(tokens * cfg_.kv_width()) +
-           2 * W::template bytes_for<T>(tokens * cfg_.q_width()) +
-           4 * W::template bytes_for<accum_t<T>>(tokens * cfg_.heads) +
-           core_.workspace_bytes(tokens, seq_len);
+    const std::size_t q = W::template bytes_for<T>(tokens * cfg_.q_width());
+    const std::size_t kv = W::template bytes_for<T>(tokens * cfg_.kv_width());
+    const std::size_t qkv = q + kv + 2 * W::template bytes_for<accum_t<T>>(tokens * cfg_.heads) +
+                            2 * W::template bytes_for<T>(cfg_.head_dim);  // QK-norm scratch
+    return 2 * q + 2 * kv + std::max(qkv, core_.workspace_bytes(tokens, seq_len));
   }
 
  private:

@@ -458,10 +458,12 @@ class CoreAttention {
   [[nodiscard]] std::size_t workspace_bytes(std::int64_t tokens, std::int64_t seq_len) const {
     using W = Workspace<S>;
     const std::int64_t tile = std::min(cfg_.query_tile, std::max<std::int64_t>(seq_len, 1));
-    return W::template bytes_for<T>(tokens * cfg_.q_width()) +
-           W::template bytes_for<T>(tokens * cfg_.kv_width()) +
-           W::template bytes_for<std::int32_t>(tokens) +
-           2 * W::template bytes_for<T>(tile * std::max<std::int64_t>(seq_len, 1));
+    const std::size_t q = W::template bytes_for<T>(tokens * cfg_.q_width());
+    const std::size_t kv = W::template bytes_for<T>(tokens * cfg_.kv_width());
+    const std::size_t scores = W::template bytes_for<T>(tile * std::max<std::int64_t>(seq_len, 1));
+    const std::size_t forward = q + kv + W::template bytes_for<std::int32_t>(tokens) + scores;
+    const std::size_t backward = q + kv + std::max(2 * scores, q);  // then RoPE's inverse
+    return std::max(forward, backward);
   }
 
  private:

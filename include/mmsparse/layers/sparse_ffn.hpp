@@ -26,7 +26,12 @@
 #include <mmsparse/dispatch/layout.hpp>
 #include <mmsparse/layers/experts.hpp>
 #include <mmsparse/routing/concepts.hpp>
+#include <mmsparse/routing/expert_choice.hpp>
+#include <mmsparse/routing/mixture_of_depths.hpp>
+#include <mmsparse/routing/modality_aware.hpp>
+#include <mmsparse/routing/modality_hard.hpp>
 #include <mmsparse/routing/plan.hpp>
+#include <mmsparse/routing/token_choice.hpp>
 
 namespace mmsparse {
 
@@ -41,6 +46,49 @@ namespace mmsparse {
       static_cast<double>(hidden) * static_cast<double>(slots) / static_cast<double>(tokens);
   return std::max<std::int64_t>(1, std::llround(f));
 }
+
+namespace detail {
+
+// Upper bounds of the plan slots of the library's routers over `tokens` tokens routed as one
+// group (workspace sizing; any modality mix). A router may state its own as a member
+// `max_slots(experts_per_group, tokens)`; others are bounded by every expert taking every token.
+inline std::int64_t slot_bound(const ModalityHard&, std::span<const std::int64_t>, std::int64_t n) {
+  return n;
+}
+inline std::int64_t slot_bound(const TokenChoice& r,
+                               std::span<const std::int64_t>,
+                               std::int64_t n) {
+  return r.cfg.k * n;
+}
+// Σ_g E_g·ceil(c·N_g/E_g) <= c·N + E (+1 per group for the rounding of c·N_g/E_g).
+inline std::int64_t slot_bound(const ExpertChoice& r,
+                               std::span<const std::int64_t> groups,
+                               std::int64_t n) {
+  std::int64_t e = 0;
+  for (auto g : groups) {
+    e += g;
+  }
+  const auto bound =
+      static_cast<std::int64_t>(std::ceil(r.cfg.capacity_factor * static_cast<double>(n))) + e +
+      static_cast<std::int64_t>(groups.size());
+  return std::min(bound, e * n);
+}
+inline std::int64_t slot_bound(const MixtureOfDepths& r,
+                               std::span<const std::int64_t> groups,
+                               std::int64_t n) {
+  const auto bound = static_cast<std::int64_t>(std::ceil(r.cfg.capacity * static_cast<double>(n))) +
+                     2 * static_cast<std::int64_t>(groups.size());
+  return std::min(bound, static_cast<std::int64_t>(groups.size()) * n);
+}
+template <class Inner>
+std::int64_t slot_bound(const ModalityAware<Inner>& r,
+                        std::span<const std::int64_t> groups,
+                        std::int64_t n) requires requires(const Inner& in) {
+  slot_bound(in, groups, n);
+}
+{ return slot_bound(r.inner(), groups, n); }
+
+}  // namespace detail
 
 template <class T, class R, class D, class B>
   requires backend<B> && router_for<R, B> && dispatch_scheme_for<D, B> &&
@@ -288,20 +336,34 @@ class SparseFfn {
     return args;
   }
 
-  // Most plan slots a router can fill for `tokens` tokens (the router's own bound where it
-  // states one, else every expert taking every token).
+  // Most plan slots the router can fill for `tokens` tokens routed as one group: the router's
+  // own bound where it states one, the library routers' bounds, else every expert taking every
+  // token. (Routing per sequence can exceed it by the rounding of each sequence's capacity; the
+  // workspace then grows once.)
   std::int64_t max_slots(std::int64_t tokens) const {
-    if constexpr (requires { router_.max_slots(std::span<const std::int64_t>{}, tokens); }) {
-      return router_.max_slots(std::span<const std::int64_t>(cfg_.experts), tokens);
+    const std::span<const std::int64_t> groups(cfg_.experts);
+    if constexpr (requires { router_.max_slots(groups, tokens); }) {
+      return router_.max_slots(groups, tokens);
+    } else if constexpr (requires { detail::slot_bound(router_, groups, tokens); }) {
+      return detail::slot_bound(router_, groups, tokens);
     } else {
       return experts_ * tokens;
     }
   }
+  // The router's scratch: its own statement where it makes one, else a generous estimate (x
+  // gathered and widened to router precision, logits, scores, their gradients and index arrays).
   std::size_t router_workspace_bytes(std::int64_t tokens) const {
-    if constexpr (requires { router_.workspace_bytes(std::span<const std::int64_t>{}, tokens); }) {
-      return router_.workspace_bytes(std::span<const std::int64_t>(cfg_.experts), tokens);
+    const std::span<const std::int64_t> groups(cfg_.experts);
+    if constexpr (requires { router_.workspace_bytes(groups, tokens, cfg_.d); }) {
+      return router_.workspace_bytes(groups, tokens, cfg_.d);
     } else {
-      return 0;
+      using Ws = Workspace<S>;
+      const std::int64_t columns = std::max<std::int64_t>(router_columns_, 1);
+      return 2 * (Ws::template bytes_for<T>(tokens * cfg_.d) +
+                  Ws::template bytes_for<W>(tokens * cfg_.d) +
+                  4 * Ws::template bytes_for<W>(tokens * columns) +
+                  4 * Ws::template bytes_for<std::int32_t>(tokens * columns) +
+                  8 * Ws::template bytes_for<std::int32_t>(tokens));
     }
   }
 

@@ -198,6 +198,9 @@ void narrow(View<T> dst, View<const float> src) {
 // c = beta * c (c = 0 for beta = 0, whatever c held): a product with an empty inner dimension.
 template <class T>
 void scale(View<T> c, double beta) {
+  if (beta == 1.0) {
+    return;
+  }
   for (std::int64_t i = 0; i < c.rows; ++i) {
     T* row = c.row(i);
     for (std::int64_t j = 0; j < c.cols; ++j) {

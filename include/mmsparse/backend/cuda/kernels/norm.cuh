@@ -39,7 +39,7 @@ __global__ void column_partial_kernel(
     A* __restrict__ partial, std::int64_t rows, std::int64_t cols, std::int64_t chunk_rows, F f) {
   const std::int64_t c = blockIdx.y;
   const std::int64_t begin = c * chunk_rows;
-  const std::int64_t end = std::min(rows, begin + chunk_rows);
+  const std::int64_t end = begin + chunk_rows < rows ? begin + chunk_rows : rows;
   for (std::int64_t j = thread_index(); j < cols; j += thread_count()) {
     A s{};
     for (std::int64_t i = begin; i < end; ++i) {
