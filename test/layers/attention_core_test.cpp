@@ -269,10 +269,8 @@ TEST_CASE("CoreAttention rejects bad arguments and names them", "[layers][cpu]")
   core.forward(b, in.q.view(), in.k.view(), in.v.view(), span_of(pos), causal, out.view(), saved);
   REQUIRE_THROWS_WITH(core.backward(b, saved, out.view(), dq.view(), dq.view(), dv.view()),
                       Contains("[CoreAttention::backward] dk"));
-  REQUIRE_THROWS_WITH(mm::CoreAttention<double, Cpu>({.d = 8, .heads = 2, .query_tile = 0}),
-                      Contains("query_tile"));
-  REQUIRE_THROWS_WITH(mm::CoreAttention<double, Cpu>({.d = 8, .heads = 2, .rope_theta = -1.0}),
-                      Contains("rope_theta"));
+  REQUIRE_THROWS_WITH(Core({.d = 8, .heads = 2, .query_tile = 0}), Contains("query_tile"));
+  REQUIRE_THROWS_WITH(Core({.d = 8, .heads = 2, .rope_theta = -1.0}), Contains("rope_theta"));
   // The workspace estimate covers what a forward and backward take.
   Cpu fresh;
   const Core big({.d = 32, .heads = 4, .kv_heads = 2, .query_tile = 16});

@@ -434,3 +434,30 @@ TEMPLATE_LIST_TEST_CASE("SparseFfn steady-state forwards take nothing new from t
   layer.backward(fresh, saved, y.view(), dx.view(), {gr.view(), g1.view(), g3.view(), g2.view()});
   CHECK(fresh.workspace().allocations() == reserved);
 }
+
+TEST_CASE("SparseFfn workspace_bytes is a tight bound for the library routers", "[layers][cpu]") {
+  using V = cases::MomaExpertChoiceVariant;
+  using L = mm::SparseFfn<float, V::router, mm::SortedGather, mm::CpuBackend<float>>;
+  using Mod = mm::SparseFfn<float, mm::MixtureOfDepths, mm::SortedGather, mm::CpuBackend<float>>;
+  for (const auto& c : cases::layer_cases()) {
+    INFO("case " << c.name);
+    const auto x = mm::test::input_of<float>(c);
+    const auto ids = cases::modalities_of(c);
+    const mm::Span<const mm::ModalityId> modality(ids.data(), c.tokens);
+    mm::Tensor<float> y(c.tokens, c.d);
+    L layer(cases::layer_config<L, V>(c));
+    mm::CpuBackend<float> b;
+    (void)layer.forward(b, x.view(), modality, y.view());
+    const std::size_t used = b.workspace().high_water();
+    CHECK(used <= layer.workspace_bytes(c.tokens));
+    CHECK(layer.workspace_bytes(c.tokens) <= 3 * used);  // not every expert on every token
+    // A router whose scratch outweighs the expert buffers (one block, a quarter of the tokens).
+    auto cfg = cases::layer_config<Mod, cases::DepthVariant>(c);
+    cfg.router.capacity = 0.25;
+    cfg.hidden = 8;
+    Mod mod(cfg);
+    mm::CpuBackend<float> b2;
+    (void)mod.forward(b2, x.view(), modality, y.view());
+    CHECK(b2.workspace().high_water() <= mod.workspace_bytes(c.tokens));
+  }
+}

@@ -163,21 +163,15 @@ std::uint64_t fingerprint(View<const T> w) {
   return h;
 }
 
-// dst [r, c] = op(src) as float.
+// dst = src as float (same shape).
 template <class T>
-void widen(View<float> dst, View<const T> src, Trans t) {
+void widen(View<float> dst, View<const T> src) {
 #pragma omp parallel for schedule(static) if (dst.size() > convert_parallel_min)
   for (std::int64_t i = 0; i < dst.rows; ++i) {
+    const T* in = src.row(i);
     float* out = dst.row(i);
-    if (t == Trans::no) {
-      const T* in = src.row(i);
-      for (std::int64_t j = 0; j < dst.cols; ++j) {
-        out[j] = scalar_cast<float>(in[j]);
-      }
-    } else {
-      for (std::int64_t j = 0; j < dst.cols; ++j) {
-        out[j] = scalar_cast<float>(src(j, i));
-      }
+    for (std::int64_t j = 0; j < dst.cols; ++j) {
+      out[j] = scalar_cast<float>(in[j]);
     }
   }
 }
@@ -601,10 +595,10 @@ class OnednnGemm {
     View<float> fa(widen_a_.take<float>(a.size()), a.rows, a.cols);
     View<float> fb(widen_b_.take<float>(b.size()), b.rows, b.cols);
     View<float> fc(widen_c_.take<float>(c.size()), c.rows, c.cols);
-    onednn_detail::widen(fa, a, Trans::no);
-    onednn_detail::widen(fb, b, Trans::no);
+    onednn_detail::widen(fa, a);
+    onednn_detail::widen(fb, b);
     if (beta != 0.0) {
-      onednn_detail::widen(fc, View<const bf16>(c), Trans::no);
+      onednn_detail::widen(fc, View<const bf16>(c));
     }
     run_plain(fc,
               fa.data,
@@ -656,9 +650,8 @@ class OnednnGemm {
     p.last_used = epoch_;
     if (inserted) {
       if (std::is_same_v<T, bf16> && !native_bf16()) {
-        p.kind = PackKind::widened;
-        p.data =
-            onednn_detail::allocate(static_cast<std::size_t>(ow.rows * ow.cols) * sizeof(float));
+        p.kind = PackKind::widened;  // w as it is (dense): transposing here would be slower
+        p.data = onednn_detail::allocate(static_cast<std::size_t>(w.rows * w.cols) * sizeof(float));
       } else {
         p.layout = layout_for(ow.rows, ow.cols, type);
         const Layout& l = layouts_[p.layout];
@@ -678,8 +671,7 @@ class OnednnGemm {
       return p;
     }
     if (p.kind == PackKind::widened) {
-      onednn_detail::widen(
-          View<float>(reinterpret_cast<float*>(p.data.get()), ow.rows, ow.cols), w, tw);
+      onednn_detail::widen(View<float>(reinterpret_cast<float*>(p.data.get()), w.rows, w.cols), w);
     } else {
       dnnl::memory src(onednn_detail::memory_desc(ow, type), engine_, const_cast<T*>(w.data));
       dnnl::memory dst(layouts_[p.layout].md, engine_, p.data.get());
@@ -705,7 +697,8 @@ class OnednnGemm {
       plain_gemm(c, a, Trans::no, w, tw, alpha, beta);
     } else if (p.kind == PackKind::widened) {
       if constexpr (std::is_same_v<T, bf16>) {
-        widened_packed_gemm(c, a, reinterpret_cast<const float*>(p.data.get()), alpha, beta);
+        const View<const float> wf(reinterpret_cast<const float*>(p.data.get()), w.rows, w.cols);
+        widened_packed_gemm(c, a, wf, tw, alpha, beta);
       }
     } else {
       fixed_gemm(c, a, p, w, tw, alpha, beta);
@@ -714,21 +707,20 @@ class OnednnGemm {
 
   // bf16 activations times weights widened once per weights_updated().
   void widened_packed_gemm(
-      View<bf16> c, View<const bf16> a, const float* w, double alpha, double beta) {
+      View<bf16> c, View<const bf16> a, View<const float> w, Trans tw, double alpha, double beta) {
     View<float> fa(widen_a_.take<float>(a.size()), a.rows, a.cols);
     View<float> fc(widen_c_.take<float>(c.size()), c.rows, c.cols);
-    onednn_detail::widen(fa, a, Trans::no);
+    onednn_detail::widen(fa, a);
     if (beta != 0.0) {
-      onednn_detail::widen(fc, View<const bf16>(c), Trans::no);
+      onednn_detail::widen(fc, View<const bf16>(c));
     }
-    const Operand ow{a.cols, c.cols, c.cols, 1};
     run_plain(fc,
               fa.data,
               onednn_detail::operand(fa, Trans::no),
               Trans::no,
-              w,
-              ow,
-              Trans::no,
+              w.data,
+              onednn_detail::operand(w, tw),
+              tw,
               alpha,
               beta);
     onednn_detail::narrow(c, View<const float>(fc));
