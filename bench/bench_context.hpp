@@ -75,6 +75,7 @@ __attribute__((target("avx2,fma"))) inline ProbeResult fma_avx2(std::int64_t ite
   const __m256 a = _mm256_set1_ps(0.999f);
   const __m256 b = _mm256_set1_ps(0.001f);
   for (std::int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 32  // keeps every chain in a register at any optimization level above -O0
     for (int c = 0; c < chains; ++c) {
       acc[c] = _mm256_fmadd_ps(acc[c], a, b);
     }
@@ -117,6 +118,7 @@ __attribute__((target("avx512f"))) inline ProbeResult fma_avx512(std::int64_t it
   const __m512 a = _mm512_load_ps(Lanes(0.999f).v);
   const __m512 b = _mm512_load_ps(Lanes(0.001f).v);
   for (std::int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 32  // keeps every chain in a register at any optimization level above -O0
     for (int c = 0; c < chains; ++c) {
       acc[c] = _mm512_fmadd_ps(acc[c], a, b);
     }
@@ -141,6 +143,7 @@ __attribute__((target("avx512bf16,avx512f"))) inline ProbeResult dot_bf16_avx512
   const __m512bh b =
       _mm512_cvtne2ps_pbh(_mm512_load_ps(Lanes(0.5f).v), _mm512_load_ps(Lanes(0.25f).v));
   for (std::int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 32  // keeps every chain in a register at any optimization level above -O0
     for (int c = 0; c < chains; ++c) {
       acc[c] = _mm512_dpbf16_ps(acc[c], a, b);
     }

@@ -46,17 +46,22 @@ std::string cpu_model() {
   return "unknown";
 }
 
-// A mixed batch: runs of text and image tokens (16..255 text, one 256-token image) until
-// `tokens`, about half of each.
+// A mixed batch, half text and half image: text spans of 16..255 tokens alternating with
+// 256-token images (the last run of each modality is cut to fit), fixed seed.
 std::vector<mm::ModalityId> mixed_batch(std::int64_t tokens, std::uint64_t seed) {
   mm::Rng rng(seed);
   std::vector<mm::ModalityId> ids;
-  while (static_cast<std::int64_t>(ids.size()) < tokens) {
-    const bool image = rng.uniform() < 0.5;
-    const std::int64_t run = image ? 256 : rng.integer(16, 256);
-    ids.insert(ids.end(), static_cast<std::size_t>(run), image ? 1 : 0);
+  std::int64_t text = tokens / 2;
+  std::int64_t image = tokens - text;
+  bool next_image = false;
+  while (text + image > 0) {
+    const bool is_image = (next_image && image > 0) || text == 0;
+    std::int64_t& left = is_image ? image : text;
+    const std::int64_t run = std::min(left, is_image ? std::int64_t{256} : rng.integer(16, 256));
+    ids.insert(ids.end(), static_cast<std::size_t>(run), is_image ? 1 : 0);
+    left -= run;
+    next_image = !is_image;
   }
-  ids.resize(static_cast<std::size_t>(tokens));
   return ids;
 }
 

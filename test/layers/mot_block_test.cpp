@@ -191,10 +191,14 @@ TEST_CASE("MoT block is causal across modalities", "[layers][cpu]") {
   in.x(6, 0) += 2.0;  // a speech token
   in.modality[5] = 1;  // and a later modality switch
   layer.forward(b, in.x.view(), in.input(), y1.view(), &saved);
+  // The earlier rows may move inside the grouped GEMMs (a new modality mix): equal to rounding.
   for (std::int64_t t = 0; t < 5; ++t) {
     for (std::int64_t j = 0; j < 16; ++j) {
-      CHECK(y0(t, j) == y1(t, j));
+      CHECK(y0(t, j) == Approx(y1(t, j)).margin(1e-13).epsilon(1e-13));
     }
+  }
+  for (std::int64_t j = 0; j < 16; ++j) {
+    CHECK(std::fabs(y0(6, j) - y1(6, j)) + std::fabs(y0(5, j) - y1(5, j)) > 0.0);
   }
 }
 

@@ -63,6 +63,25 @@ struct ModalityOrder {
   }
 };
 
+// One [1, d] norm weight of ones per modality, and views of them.
+template <class T, class S>
+std::vector<Tensor<T, S>> unit_norms(const BlockConfig& bc) {
+  std::vector<Tensor<T, S>> out;
+  for (std::int64_t m = 0; m < bc.modalities; ++m) {
+    out.emplace_back(1, bc.d);
+    out.back().fill(T{1});
+  }
+  return out;
+}
+template <class T, class S>
+std::vector<View<T, S>> views_of(std::vector<Tensor<T, S>>& tensors) {
+  std::vector<View<T, S>> out;
+  for (auto& t : tensors) {
+    out.push_back(t.view());
+  }
+  return out;
+}
+
 // dst = src rows gathered by `index` (grouped <-> original order).
 template <class B, class U>
 void permute_rows(B& b,
@@ -97,16 +116,12 @@ class UntiedAttention {
   };
 
   UntiedAttention(const BlockConfig& bc, const Config& /*cfg*/)
-      : bc_(bc), core_(bc.attention()) {
-    for (std::int64_t m = 0; m < bc_.modalities; ++m) {
-      const auto salt = 100 + 10 * static_cast<std::uint64_t>(m);
-      qkv_.emplace_back(bc_.attention(salt + 1));
-      out_.emplace_back(bc_.attention(salt + 2));
-      norm_.emplace_back(1, bc_.d);
-      norm_.back().fill(T{1});
-      norm_w_.push_back(norm_.back().view());
-    }
-  }
+      : bc_(bc),
+        core_(bc.attention()),
+        qkv_(per_modality<Qkv>(bc, 1)),
+        out_(per_modality<Out>(bc, 2)),
+        norm_(detail::unit_norms<T, S>(bc)),
+        norm_w_(detail::views_of(norm_)) {}
 
   [[nodiscard]] const AttentionConfig& attention_config() const {
     return core_.config();
@@ -247,6 +262,16 @@ class UntiedAttention {
   }
 
  private:
+  template <class L>
+  static std::vector<L> per_modality(const BlockConfig& bc, std::uint64_t salt) {
+    std::vector<L> out;
+    out.reserve(static_cast<std::size_t>(bc.modalities));
+    for (std::int64_t m = 0; m < bc.modalities; ++m) {
+      out.emplace_back(bc.attention(100 + 10 * static_cast<std::uint64_t>(m) + salt));
+    }
+    return out;
+  }
+
   BlockStats run(B& b,
                  View<const T, S> x,
                  const BlockInput<S>& in,
@@ -376,16 +401,12 @@ class UntiedFfn {
     std::vector<typename Ffn::Saved> ffn;
   };
 
-  UntiedFfn(const BlockConfig& bc, const Config& /*cfg*/) : bc_(bc) {
-    for (std::int64_t m = 0; m < bc_.modalities; ++m) {
-      ffn_.emplace_back(typename Ffn::Config{
-          bc.d, bc.ffn_hidden(), bc.seed * 1000003ull + 200 + static_cast<std::uint64_t>(m)});
-      ffn_w_.push_back(ffn_.back().weights());
-      norm_.emplace_back(1, bc_.d);
-      norm_.back().fill(T{1});
-      norm_w_.push_back(norm_.back().view());
-    }
-  }
+  UntiedFfn(const BlockConfig& bc, const Config& /*cfg*/)
+      : bc_(bc),
+        ffn_(make_ffns(bc)),
+        ffn_w_(weights_of(ffn_)),
+        norm_(detail::unit_norms<T, S>(bc)),
+        norm_w_(detail::views_of(norm_)) {}
 
   [[nodiscard]] static std::vector<ParamInfo> parameters(const BlockConfig& bc, const Config&) {
     std::vector<ParamInfo> p;
@@ -513,6 +534,23 @@ class UntiedFfn {
   }
 
  private:
+  static std::vector<Ffn> make_ffns(const BlockConfig& bc) {
+    std::vector<Ffn> out;
+    out.reserve(static_cast<std::size_t>(bc.modalities));
+    for (std::int64_t m = 0; m < bc.modalities; ++m) {
+      out.emplace_back(typename Ffn::Config{
+          bc.d, bc.ffn_hidden(), bc.seed * 1000003ull + 200 + static_cast<std::uint64_t>(m)});
+    }
+    return out;
+  }
+  static std::vector<typename Ffn::Weights> weights_of(std::vector<Ffn>& ffns) {
+    std::vector<typename Ffn::Weights> out;
+    for (auto& f : ffns) {
+      out.push_back(f.weights());
+    }
+    return out;
+  }
+
   BlockConfig bc_;
   std::vector<Ffn> ffn_;  // per modality
   std::vector<typename Ffn::Weights> ffn_w_;
