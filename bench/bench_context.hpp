@@ -379,7 +379,7 @@ inline void add_context() {
   std::string flags;
   for (const char* f : {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}) {
     if (detail::has_flag(f)) {
-      flags += flags.empty() ? f : std::string(" ") + f;
+      flags.append(flags.empty() ? "" : " ").append(f);
     }
   }
   benchmark::AddCustomContext("isa_flags", flags);

@@ -55,18 +55,24 @@ function(mmsparse_name_from_path out file base)
   set(${out} "${rel}" PARENT_SCOPE)
 endfunction()
 
-# Every Catch2 tag found in string literals made only of tags, e.g. "[routing][cpu]".
-# Hidden/special tags ([.], [.foo], [!mayfail], [!throws]) are not labels.
+# The Catch2 tags of every TEST_CASE-like macro in `file` (TEST_CASE, SCENARIO,
+# TEMPLATE_*TEST_CASE*, TEST_CASE_METHOD...): the tags literal must be written in
+# the macro call, e.g. TEST_CASE("name", "[routing][cpu]"). Hidden and special
+# tags ([.], [.foo], [!mayfail], [!throws]) are not labels.
 function(mmsparse_catch_tags out file)
   file(READ "${file}" text)
-  string(REGEX MATCHALL "\"(\\[[A-Za-z0-9_.!#+-]+\\])+\"" literals "${text}")
+  set(tag "\\[[A-Za-z0-9_.!#+-]+\\]")
+  # From the macro name to the last tags literal before the test body's "{".
+  string(REGEX MATCHALL "(TEST_CASE|SCENARIO)[A-Z_]*[ \t\r\n]*\\([^{]*\"(${tag})+\"" heads
+    "${text}")
   set(tags "")
-  foreach(literal IN LISTS literals)
-    string(REGEX MATCHALL "\\[[A-Za-z0-9_.!#+-]+\\]" found "${literal}")
-    foreach(tag IN LISTS found)
-      string(REGEX REPLACE "^\\[(.*)\\]$" "\\1" tag "${tag}")
-      if(NOT tag MATCHES "^[.!]")
-        list(APPEND tags "${tag}")
+  foreach(head IN LISTS heads)
+    string(REGEX MATCH "\"(${tag})+\"$" literal "${head}")
+    string(REGEX MATCHALL "${tag}" found "${literal}")
+    foreach(t IN LISTS found)
+      string(REGEX REPLACE "^\\[(.*)\\]$" "\\1" t "${t}")
+      if(NOT t MATCHES "^[.!]")
+        list(APPEND tags "${t}")
       endif()
     endforeach()
   endforeach()

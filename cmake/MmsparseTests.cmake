@@ -26,6 +26,10 @@ function(mmsparse_add_test file library)
     list(APPEND labels cuda)
   endif()
   list(REMOVE_DUPLICATES labels)
+  if(NOT "cpu" IN_LIST labels AND NOT "cuda" IN_LIST labels)
+    message(WARNING "${rel}: no [cpu] or [cuda] tag in its TEST_CASEs (labels: ${labels}); "
+                    "CI runs `ctest -L cpu` and will skip it")
+  endif()
   # Labels come from the source: configure again when it changes.
   set_property(DIRECTORY "${PROJECT_SOURCE_DIR}" APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${file}")
 

@@ -77,8 +77,12 @@ TEST_CASE("Dense block forward matches the naive oracle, pre- and post-norm", "[
     const Batch in = batch(2, 7, 16, 5);
     mm::Tensor<double> y(in.x.rows(), 16);
     const auto st = layer.forward(b, in.x.view(), in.input(), y.view());
-    const Mat expect = block(to_mat(in.x.view()), dense_weights(layer), in.modality,
-                             in.lay.positions, in.lay.sequences, layer.config().block);
+    const Mat expect = block(to_mat(in.x.view()),
+                             dense_weights(layer),
+                             in.modality,
+                             in.lay.positions,
+                             in.lay.sequences,
+                             layer.config().block);
     CHECK(rel_error(to_mat(y.view()), expect) < 1e-12);
     // FLOPs: 4 projections, causal attention over 2 * 28 pairs, the SwiGLU FFN.
     const double n = 14, d = 16, f = 24;
@@ -129,8 +133,7 @@ TEST_CASE("Dense block gradients match central differences (double)", "[layers][
   }
 }
 
-TEST_CASE("Dense block is causal: a later token never changes an earlier output",
-          "[layers][cpu]") {
+TEST_CASE("Dense block is causal: a later token never changes an earlier output", "[layers][cpu]") {
   Cpu b;
   Dense layer({config(mm::NormOrder::post)});
   Batch in = batch(2, 6, 16, 11);
@@ -226,9 +229,7 @@ TEST_CASE("Dense block rejects bad arguments and names them", "[layers][cpu]") {
              Catch::Contains("positions"));
   Dense::Saved never_filled;
   std::vector<mm::View<double>> grads;
-  CHECK_THAT(message([&] {
-               layer.backward(b, never_filled, y.view(), y.view(), grads);
-             }),
+  CHECK_THAT(message([&] { layer.backward(b, never_filled, y.view(), y.view(), grads); }),
              Catch::Contains("[Block::backward] saved"));
   // Binding checks every shape before binding anything.
   auto w = layer.weights();

@@ -196,8 +196,8 @@ TEST_CASE("MoD block gradients match central differences (double)", "[layers][cp
     const mm::Tensor<double> r = rng.normal_tensor<double>(16, d);
     mm::Tape tape;
     mm::Var<double, Cpu> x(b, in.x.view(), true);
-    auto out = mm::block(tape, b, layer, std::span<const mm::View<double>>(grads), x,
-                         in.input(per_sequence));
+    auto out = mm::block(
+        tape, b, layer, std::span<const mm::View<double>>(grads), x, in.input(per_sequence));
     tape.backward(out.y, r.view());
     mm::Tensor<double> y(16, d);
     std::vector<mm::RoutingTrace> trace;
@@ -234,9 +234,10 @@ TEST_CASE("MoD block gradients match central differences (double)", "[layers][cp
   }
 }
 
-TEST_CASE("MoD block at inference keeps what its aux router picks; decoding writes no K/V for "
-          "skipped tokens",
-          "[layers][cpu]") {
+TEST_CASE(
+    "MoD block at inference keeps what its aux router picks; decoding writes no K/V for "
+    "skipped tokens",
+    "[layers][cpu]") {
   ModDense layer(dense_config(0.25));
   randomize(ModDense::parameters(layer.config()), layer.weights(), 81);
   randomize(ModDense::aux_parameters(layer.config()), layer.aux_weights(), 82, 1.0);
@@ -277,8 +278,8 @@ TEST_CASE("MoD block at inference keeps what its aux router picks; decoding writ
     for (std::int64_t j = 0; j < d; ++j) {
       CHECK(yt(0, j) == Approx(y(t, j)).margin(1e-12));
     }
-    const auto kept_so_far = std::count_if(expect.begin(), expect.end(),
-                                           [&](std::int32_t k) { return k <= t; });
+    const auto kept_so_far =
+        std::count_if(expect.begin(), expect.end(), [&](std::int32_t k) { return k <= t; });
     CHECK(cache.length(0) == kept_so_far);
   }
 }

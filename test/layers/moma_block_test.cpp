@@ -300,8 +300,8 @@ TEST_CASE("MoMa block forward is Eq. 1 over the expert-choice plan", "[layers][c
     // FLOPs: the slots that ran (9 text, 7 image tokens: ceil(9/2) * 2 + ceil(7/3) * 3 = 19,
     // capacities rounded up) and the router.
     mm::Tensor<double> yd(n, d);
-    const auto dense = mm::DenseBlock<double, Cpu>({layer.config().block}).forward(
-        b, in.x.view(), in.input(), yd.view());
+    const auto dense = mm::DenseBlock<double, Cpu>({layer.config().block})
+                           .forward(b, in.x.view(), in.input(), yd.view());
     CHECK(st.flops == Approx(dense.flops - 6.0 * n * d * f + 6.0 * 19 * d * f + 2.0 * n * d * 5));
 
     // Padded-capacity dispatch computes the same block.
@@ -333,8 +333,7 @@ TEST_CASE("MoMa 1t1i and token-choice blocks follow Eq. 1 over their plans", "[l
       for (auto s = plan.offsets[static_cast<std::size_t>(m)];
            s < plan.offsets[static_cast<std::size_t>(m + 1)];
            ++s) {
-        CHECK(in.modality[static_cast<std::size_t>(plan.tokens[static_cast<std::size_t>(s)])] ==
-              m);
+        CHECK(in.modality[static_cast<std::size_t>(plan.tokens[static_cast<std::size_t>(s)])] == m);
       }
     }
     CHECK(plan.offsets.back() == n);
@@ -350,7 +349,7 @@ TEST_CASE("MoMa 1t1i and token-choice blocks follow Eq. 1 over their plans", "[l
     randomize(Top2::parameters(layer.config()), layer.weights(), 5);
     const auto st = layer.forward(b, in.x.view(), in.input(), y.view());
     CHECK(st.routing.at(0).offsets.back() == 2 * n);  // dropless top-2: two slots per token
-    CHECK(st.aux_loss > 0.0);                          // balance + z-loss
+    CHECK(st.aux_loss > 0.0);                         // balance + z-loss
   }
 }
 
@@ -364,7 +363,9 @@ TEST_CASE("MoMa block gradients match central differences (double)", "[layers][c
   }
   SECTION("expert choice, gate before the post-norm") {
     const auto r = gradients<Moma>(
-        moma_config<Moma>(mm::NormOrder::post, mm::GatePlacement::before_norm, {2, 2}, 1.0), 33, 16);
+        moma_config<Moma>(mm::NormOrder::post, mm::GatePlacement::before_norm, {2, 2}, 1.0),
+        33,
+        16);
     INFO(r.str());
     CHECK(r.ok(1e-6));
   }
@@ -402,11 +403,11 @@ TEST_CASE("MoMa block gradients match central differences (double)", "[layers][c
 TEST_CASE("Gate placement: before the post-norm a lone gate gets ~no router gradient",
           "[layers][cpu][grad]") {
   auto router = [](mm::GatePlacement gate, std::vector<std::int64_t> experts, double capacity) {
-    const auto r = gradients<Moma>(
-        moma_config<Moma>(mm::NormOrder::post, gate, std::move(experts), capacity),
-        51,
-        0,
-        "ffn.router");
+    const auto r =
+        gradients<Moma>(moma_config<Moma>(mm::NormOrder::post, gate, std::move(experts), capacity),
+                        51,
+                        0,
+                        "ffn.router");
     for (const auto& res : r.results) {
       if (res.name == "ffn.router") {
         return res;
@@ -420,8 +421,8 @@ TEST_CASE("Gate placement: before the post-norm a lone gate gets ~no router grad
   const auto after = router(mm::GatePlacement::after_norm, {1, 1}, 0.5);
   INFO("router gradient scale: before the norm " << before.scale << ", after " << after.scale);
   CHECK(after.scale > 1e-2);
-  CHECK(before.scale < 1e-3 * after.scale);       // the norm cancels the gate (up to eps)
-  CHECK(before.max_abs_error < 1e-8);             // and the analytic gradient agrees: ~0
+  CHECK(before.scale < 1e-3 * after.scale);           // the norm cancels the gate (up to eps)
+  CHECK(before.max_abs_error < 1e-2 * before.scale);  // the analytic gradient agrees: ~0 too
   CHECK(after.rel_error < 1e-6);
   // With two experts per token (relative weights), the router learns even before the norm.
   const auto shared = router(mm::GatePlacement::before_norm, {2, 2}, 2.0);
@@ -490,7 +491,7 @@ TEST_CASE("MoMa aux routers fit the decisions of a training forward", "[layers][
   layer.forward(b, in.x.view(), in.input(), y.view(), &saved);
   mm::AuxRouterFit fit;
   layer.aux_fit(b, saved, std::span<const mm::View<double>>(aux_grads), fit);
-  CHECK(fit.pairs == 9 * 2 + 7 * 2);                    // each token, its group's experts
+  CHECK(fit.pairs == 9 * 2 + 7 * 2);                     // each token, its group's experts
   CHECK(fit.true_pos + fit.false_neg == 5 * 2 + 4 * 2);  // the slots of the plan
   double g = 0.0;
   for (const auto& v : aux_grads) {
@@ -499,8 +500,7 @@ TEST_CASE("MoMa aux routers fit the decisions of a training forward", "[layers][
   CHECK(g > 0.0);
 }
 
-TEST_CASE("MoMa block rejects a group count that does not match the modalities",
-          "[layers][cpu]") {
+TEST_CASE("MoMa block rejects a group count that does not match the modalities", "[layers][cpu]") {
   auto c = moma_config<Moma>(mm::NormOrder::post, mm::GatePlacement::after_norm, {4, 4, 4}, 1.0);
   try {
     Moma layer(c);

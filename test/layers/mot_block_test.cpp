@@ -94,8 +94,12 @@ TEST_CASE("MoT block forward matches the per-modality oracle", "[layers][cpu]") 
         const Batch in = batch(2, 8, modalities, 9, text_only);
         mm::Tensor<double> y(16, 16);
         const auto st = layer.forward(b, in.x.view(), in.input(), y.view());
-        const Mat expect = block(to_mat(in.x.view()), mot_weights(layer), in.modality,
-                                 in.lay.positions, in.lay.sequences, layer.config().block);
+        const Mat expect = block(to_mat(in.x.view()),
+                                 mot_weights(layer),
+                                 in.modality,
+                                 in.lay.positions,
+                                 in.lay.sequences,
+                                 layer.config().block);
         CHECK(rel_error(to_mat(y.view()), expect) < 1e-12);
         // MoT's FLOPs are the dense block's (MoT §1): each token runs one set of weights.
         mm::DenseBlock<double, Cpu> dense({config(order, modalities)});
@@ -155,8 +159,7 @@ TEST_CASE("MoT block gradients match central differences (double)", "[layers][cp
 
       mm::Tape tape;
       mm::Var<double, Cpu> x(b, in.x.view(), true);
-      auto out =
-          mm::block(tape, b, layer, std::span<const mm::View<double>>(grads), x, in.input());
+      auto out = mm::block(tape, b, layer, std::span<const mm::View<double>>(grads), x, in.input());
       tape.backward(out.y, r.view());
 
       mm::Tensor<double> y(14, 16);
@@ -188,7 +191,7 @@ TEST_CASE("MoT block is causal across modalities", "[layers][cpu]") {
   mm::Tensor<double> y0(8, 16), y1(8, 16);
   Mot::Saved saved;
   layer.forward(b, in.x.view(), in.input(), y0.view(), &saved);
-  in.x(6, 0) += 2.0;  // a speech token
+  in.x(6, 0) += 2.0;   // a speech token
   in.modality[5] = 1;  // and a later modality switch
   layer.forward(b, in.x.view(), in.input(), y1.view(), &saved);
   // The earlier rows may move inside the grouped GEMMs (a new modality mix): equal to rounding.

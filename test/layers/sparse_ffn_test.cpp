@@ -89,6 +89,17 @@ TEMPLATE_LIST_TEST_CASE("SparseFfn forward equals the double oracle and the dens
     CHECK(mm::test::rel_error(y_inference, y) == 0.0);
     CHECK(inference_stats.tokens_per_expert == stats.tokens_per_expert);
 
+    // Routing each sequence on its own (PAPERS.md §4.5): still the oracle of its plan.
+    if (c.tokens >= 2 && c.tokens % 2 == 0) {
+      typename L::Saved per_sequence;
+      mm::Tensor<T> y_seq(c.tokens, c.d);
+      (void)layer.forward(
+          b, x.view(), modality, y_seq.view(), per_sequence, {.sequence_length = c.tokens / 2});
+      const auto ref_seq = mm::oracle_sparse_ffn<T>(
+          x.view(), mm::plan_assignments(per_sequence.plan), w.w1, w.w3, w.w2, layer.num_experts());
+      CHECK(mm::test::rel_error(y_seq, ref_seq) < tol);
+    }
+
     // Stats: the plan's counts and drops, the FLOPs of the rows that ran plus the router GEMM.
     CHECK(stats.tokens_per_expert == plan.tokens_per_expert());
     CHECK(stats.dropped == plan.dropped);

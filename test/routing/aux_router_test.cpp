@@ -192,11 +192,15 @@ TEST_CASE("AuxRouter rejects bad arguments and names them", "[routing][cpu]") {
     return std::string("no error");
   };
   const std::vector<std::int32_t> short_target(7, 0);
-  CHECK_THAT(message([&] { (void)aux.fit(b, x.view(), short_target, {dw1.view(), dw2.view()}); }),
+  CHECK_THAT(message([&] {
+               (void)aux.fit(b, x.view(), short_target, {dw1.view(), dw2.view()});
+             }),
              Catch::Contains("[AuxRouter::fit] target"));
   std::vector<std::int32_t> bad(8, 0);
   bad[3] = 2;
-  CHECK_THAT(message([&] { (void)aux.fit(b, x.view(), bad, {dw1.view(), dw2.view()}); }),
+  CHECK_THAT(message([&] {
+               (void)aux.fit(b, x.view(), bad, {dw1.view(), dw2.view()});
+             }),
              Catch::Contains("target[3]"));
   mm::Tensor<double> wide(4, 9);
   CHECK_THAT(message([&] { aux.forward(b, wide.view(), p.view()); }),

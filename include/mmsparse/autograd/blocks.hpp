@@ -47,11 +47,8 @@ View<T, typename B::space> grad_or_zeros(B& b, const Var<T, B>& v) {
 }
 
 template <class T, class B, class Layer>
-std::vector<View<T, typename B::space>> bind_to_arena(ParamArena<T, B>& arena,
-                                                      B& b,
-                                                      Layer& layer,
-                                                      const std::string& prefix,
-                                                      bool aux) {
+std::vector<View<T, typename B::space>> bind_to_arena(
+    ParamArena<T, B>& arena, B& b, Layer& layer, const std::string& prefix, bool aux) {
   using S = typename B::space;
   const auto infos = layer_parameters(layer, aux);
   const auto own = aux ? layer.aux_weights() : layer.weights();
@@ -119,25 +116,25 @@ template <class Layer, class B, class T = typename B::scalar>
   BlockResult<T, B> out;
   out.y = Var<T, B>(b, Tensor<T, S>(x.shape()), grad);
   typename Layer::Saved saved;
-  out.stats = layer.forward(b, View<const T, S>(x.value()), in, out.y.value(),
-                            grad ? &saved : nullptr);
+  out.stats =
+      layer.forward(b, View<const T, S>(x.value()), in, out.y.value(), grad ? &saved : nullptr);
   Tensor<T, S> aux(1, 1);
   aux(0, 0) = scalar_cast<T>(out.stats.aux_loss);
   out.aux = Var<T, B>(b, std::move(aux), grad);
   if (grad) {
     std::vector<View<T, S>> g(grads.begin(), grads.end());
-    tape.record([&b, &layer, g = std::move(g), x, y = out.y, a = out.aux,
-                 saved = std::move(saved)] {
-      if (!y.has_grad() && !a.has_grad()) {
-        return;
-      }
-      auto frame = b.workspace().frame();
-      const double aux_scale = a.has_grad() ? static_cast<double>(a.grad()(0, 0)) : 0.0;
-      const auto dy = detail::grad_or_zeros(b, y);
-      const auto dx = x.requires_grad() ? x.grad() : detail::zeros<T>(b, x.shape());
-      layer.backward(b, saved, View<const T, S>(dy), dx, std::span<const View<T, S>>(g),
-                     aux_scale);
-    });
+    tape.record(
+        [&b, &layer, g = std::move(g), x, y = out.y, a = out.aux, saved = std::move(saved)] {
+          if (!y.has_grad() && !a.has_grad()) {
+            return;
+          }
+          auto frame = b.workspace().frame();
+          const double aux_scale = a.has_grad() ? static_cast<double>(a.grad()(0, 0)) : 0.0;
+          const auto dy = detail::grad_or_zeros(b, y);
+          const auto dx = x.requires_grad() ? x.grad() : detail::zeros<T>(b, x.shape());
+          layer.backward(
+              b, saved, View<const T, S>(dy), dx, std::span<const View<T, S>>(g), aux_scale);
+        });
   }
   return out;
 }
@@ -151,13 +148,12 @@ struct DecoderResult {
 
 // logits = model(batch); the token ids are copied, so the batch need not outlive the backward.
 template <class Model, class B, class T = typename B::scalar>
-[[nodiscard]] DecoderResult<Model, T, B> decoder(
-    Tape& tape,
-    B& b,
-    const Model& model,
-    std::span<const View<T, typename B::space>> grads,
-    const typename Model::Batch& batch,
-    const typename Model::ForwardOptions& opt = {}) {
+[[nodiscard]] DecoderResult<Model, T, B> decoder(Tape& tape,
+                                                 B& b,
+                                                 const Model& model,
+                                                 std::span<const View<T, typename B::space>> grads,
+                                                 const typename Model::Batch& batch,
+                                                 const typename Model::ForwardOptions& opt = {}) {
   using S = typename B::space;
   const bool grad = tape.recording();
   const auto n = static_cast<std::int64_t>(batch.tokens.size());
@@ -170,16 +166,16 @@ template <class Model, class B, class T = typename B::scalar>
   out.aux = Var<T, B>(b, std::move(aux), grad);
   if (grad) {
     std::vector<View<T, S>> g(grads.begin(), grads.end());
-    tape.record([&b, &model, g = std::move(g), y = out.logits, a = out.aux,
-                 saved = std::move(saved)] {
-      if (!y.has_grad() && !a.has_grad()) {
-        return;
-      }
-      auto frame = b.workspace().frame();
-      const double aux_scale = a.has_grad() ? static_cast<double>(a.grad()(0, 0)) : 0.0;
-      const auto dy = detail::grad_or_zeros(b, y);
-      model.backward(b, saved, View<const T, S>(dy), std::span<const View<T, S>>(g), aux_scale);
-    });
+    tape.record(
+        [&b, &model, g = std::move(g), y = out.logits, a = out.aux, saved = std::move(saved)] {
+          if (!y.has_grad() && !a.has_grad()) {
+            return;
+          }
+          auto frame = b.workspace().frame();
+          const double aux_scale = a.has_grad() ? static_cast<double>(a.grad()(0, 0)) : 0.0;
+          const auto dy = detail::grad_or_zeros(b, y);
+          model.backward(b, saved, View<const T, S>(dy), std::span<const View<T, S>>(g), aux_scale);
+        });
   }
   return out;
 }

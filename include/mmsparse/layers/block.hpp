@@ -75,8 +75,8 @@ struct BlockConfig {
 // What a block knows of its N tokens besides their states.
 template <class S>
 struct BlockInput {
-  Span<const ModalityId, S> modality;     // [N]
-  Span<const std::int32_t, S> positions;  // [N] original positions (RoPE; survive MoD routing)
+  Span<const ModalityId, S> modality;       // [N]
+  Span<const std::int32_t, S> positions;    // [N] original positions (RoPE; survive MoD routing)
   std::span<const std::int64_t> sequences;  // [B + 1] host: rows of each sequence, positions rising
   RoutingMode routing = RoutingMode::batch;
   std::int64_t routing_group = 0;  // tokens per routing group (0: the whole batch)
@@ -171,8 +171,11 @@ void check_bound(const char* op, const std::vector<ParamInfo>& expected, std::sp
                  std::to_string(expected.size()) + " views",
                  got.size());
   for (std::size_t i = 0; i < got.size(); ++i) {
-    MMSPARSE_CHECK(
-        got[i].shape() == expected[i].shape, op, expected[i].name, expected[i].shape, got[i].shape());
+    MMSPARSE_CHECK(got[i].shape() == expected[i].shape,
+                   op,
+                   expected[i].name,
+                   expected[i].shape,
+                   got[i].shape());
   }
 }
 
@@ -215,8 +218,8 @@ typename Qkv::Weights qkv_weights(std::span<const V> v, QkNorm qk) {
 // A [1, d] RMSNorm weight initialised to 1, with the statistics its forward keeps.
 template <class T, class B>
 struct NormSaved {
-  Tensor<T, typename B::space> x;                 // [n, d] input
-  Tensor<accum_t<T>, typename B::space> rstd;     // [n, 1]
+  Tensor<T, typename B::space> x;              // [n, d] input
+  Tensor<accum_t<T>, typename B::space> rstd;  // [n, 1]
 };
 
 template <class T, class B>
@@ -249,8 +252,7 @@ void saved_rms_backward(B& b,
                         View<const T, typename B::space> w,
                         const NormSaved<T, B>& saved) {
   using S = typename B::space;
-  rms_norm_backward(
-      b, dx, dw, dy, View<const T, S>(saved.x.view()), w, saved.rstd.span());
+  rms_norm_backward(b, dx, dw, dy, View<const T, S>(saved.x.view()), w, saved.rstd.span());
 }
 
 // Causal attention of each sequence over its own rows (sequences may differ in length, e.g. the
@@ -392,11 +394,8 @@ class SharedAttention {
   }
 
   // delta [N, d] = A(x [N, d]).
-  BlockStats forward(B& b,
-                     View<const T, S> x,
-                     const BlockInput<S>& in,
-                     View<T, S> delta,
-                     Saved* saved) const {
+  BlockStats forward(
+      B& b, View<const T, S> x, const BlockInput<S>& in, View<T, S> delta, Saved* saved) const {
     return run(b, x, in, delta, saved, nullptr, 0);
   }
   // The n new tokens x of sequence `seq` against (and into) its cache.
@@ -421,11 +420,11 @@ class SharedAttention {
     const auto qkv_grads = detail::qkv_weights<Qkv>(grads.subspan(0, nq), bc_.qk_norm);
     const View<T, S> dnorm = grads[nq + 1];
     auto frame = b.workspace().frame();
-    auto da = b.workspace().template take<T>(n, a.q_width());    // [N, H·dh]
-    auto dq = b.workspace().template take<T>(n, a.q_width());    // [N, H·dh]
-    auto dk = b.workspace().template take<T>(n, a.kv_width());   // [N, Hkv·dh]
-    auto dv = b.workspace().template take<T>(n, a.kv_width());   // [N, Hkv·dh]
-    auto dxn = b.workspace().template take<T>(n, bc_.d);         // [N, d]
+    auto da = b.workspace().template take<T>(n, a.q_width());   // [N, H·dh]
+    auto dq = b.workspace().template take<T>(n, a.q_width());   // [N, H·dh]
+    auto dk = b.workspace().template take<T>(n, a.kv_width());  // [N, Hkv·dh]
+    auto dv = b.workspace().template take<T>(n, a.kv_width());  // [N, Hkv·dh]
+    auto dxn = b.workspace().template take<T>(n, bc_.d);        // [N, d]
     for (auto v : {da, dq, dk, dv, dxn}) {
       b.fill(v, T{});
     }
@@ -484,15 +483,8 @@ class SharedAttention {
       qkv_.forward(b, xin, q, k, v);
     }
     if (cache != nullptr) {
-      core_attention_decode(b,
-                            core_,
-                            *cache,
-                            seq,
-                            detail::cv(q),
-                            detail::cv(k),
-                            detail::cv(v),
-                            in.positions,
-                            att);
+      core_attention_decode(
+          b, core_, *cache, seq, detail::cv(q), detail::cv(k), detail::cv(v), in.positions, att);
     } else {
       detail::sequence_attention_forward(b,
                                          core_,
@@ -511,8 +503,8 @@ class SharedAttention {
       out_.forward(b, detail::cv(att), o);
     }
     if (post) {
-      detail::saved_rms_forward(b, delta, detail::cv(o), detail::cv(norm_w_), bc_.norm_eps,
-                                norm_saved);
+      detail::saved_rms_forward(
+          b, delta, detail::cv(o), detail::cv(norm_w_), bc_.norm_eps, norm_saved);
     }
     BlockStats st;
     st.flops = qkv_.flops(n) + out_.flops(n);
@@ -570,11 +562,8 @@ class DenseFfn {
     norm_ = {};
   }
 
-  BlockStats forward(B& b,
-                     View<const T, S> x,
-                     const BlockInput<S>& /*in*/,
-                     View<T, S> delta,
-                     Saved* saved) const {
+  BlockStats forward(
+      B& b, View<const T, S> x, const BlockInput<S>& /*in*/, View<T, S> delta, Saved* saved) const {
     const std::int64_t n = x.rows;
     auto frame = b.workspace().frame();
     auto tmp = b.workspace().template take<T>(n, bc_.d);  // [N, d] norm(x) or ffn(x)
@@ -592,8 +581,8 @@ class DenseFfn {
       ffn_.forward(b, xin, f);
     }
     if (post) {
-      detail::saved_rms_forward(b, delta, detail::cv(f), detail::cv(norm_w_), bc_.norm_eps,
-                                norm_saved);
+      detail::saved_rms_forward(
+          b, delta, detail::cv(f), detail::cv(norm_w_), bc_.norm_eps, norm_saved);
     }
     BlockStats st;
     st.flops = ffn_.flops(n);
@@ -664,8 +653,8 @@ class Block {
     bool valid = false;
   };
 
-  explicit Block(Config cfg) : cfg_(checked(std::move(cfg))), attn_(cfg_.block, cfg_.attn),
-                               ffn_(cfg_.block, cfg_.ffn) {}
+  explicit Block(Config cfg)
+      : cfg_(checked(std::move(cfg))), attn_(cfg_.block, cfg_.attn), ffn_(cfg_.block, cfg_.ffn) {}
 
   [[nodiscard]] const Config& config() const {
     return cfg_;
@@ -723,8 +712,11 @@ class Block {
   }
 
   // y [N, d] = block(x [N, d]); with `saved`, keeps what backward needs. y may be x.
-  BlockStats forward(
-      B& b, View<const T, S> x, const BlockInput<S>& in, View<T, S> y, Saved* saved = nullptr) const {
+  BlockStats forward(B& b,
+                     View<const T, S> x,
+                     const BlockInput<S>& in,
+                     View<T, S> y,
+                     Saved* saved = nullptr) const {
     constexpr const char* op = "Block::forward";
     const std::int64_t n = x.rows;
     const std::int64_t d = cfg_.block.d;

@@ -61,8 +61,9 @@ struct SamplingConfig {
   if (cfg.temperature == 0.0) {
     return *std::min_element(ids.begin(), ids.end(), better);
   }
-  const auto k = cfg.top_k > 0 ? std::min<std::size_t>(static_cast<std::size_t>(cfg.top_k), ids.size())
-                               : ids.size();
+  const auto k = cfg.top_k > 0
+                     ? std::min<std::size_t>(static_cast<std::size_t>(cfg.top_k), ids.size())
+                     : ids.size();
   std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(), better);
   ids.resize(k);
   const double top = logits[static_cast<std::size_t>(ids[0])];
@@ -91,7 +92,8 @@ class DecodeSession {
   using S = typename B::space;
 
   DecodeSession(const Model& model, std::int64_t sequences, std::int64_t capacity)
-      : model_(model), length_(static_cast<std::size_t>(sequences), 0),
+      : model_(model),
+        length_(static_cast<std::size_t>(sequences), 0),
         last_(static_cast<std::size_t>(sequences)) {
     constexpr const char* op = "DecodeSession";
     MMSPARSE_CHECK(sequences > 0, op, "sequences", "> 0", sequences);
@@ -198,16 +200,16 @@ std::vector<std::int32_t> generate(typename Model::backend_type& b,
                  "prompt",
                  "tokens, or a sequence that has consumed some",
                  "an empty prompt for an empty sequence");
-  MMSPARSE_CHECK(session.length(seq) + static_cast<std::int64_t>(prompt.size()) + count <=
-                     session.capacity(),
-                 op,
-                 "count",
-                 "a total length within the cache capacity " + std::to_string(session.capacity()),
-                 session.length(seq) + static_cast<std::int64_t>(prompt.size()) + count);
+  MMSPARSE_CHECK(
+      session.length(seq) + static_cast<std::int64_t>(prompt.size()) + count <= session.capacity(),
+      op,
+      "count",
+      "a total length within the cache capacity " + std::to_string(session.capacity()),
+      session.length(seq) + static_cast<std::int64_t>(prompt.size()) + count);
   const std::int64_t v = session.model().config().vocab;
   if (!prompt.empty()) {
     Tensor<T, typename Model::backend_type::space> logits(static_cast<std::int64_t>(prompt.size()),
-                                                           v);
+                                                          v);
     (void)session.append(b, seq, prompt, logits.view());
   }
   std::vector<std::int32_t> out;

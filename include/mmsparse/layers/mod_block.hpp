@@ -40,8 +40,9 @@ class ModBlock {
   using backend_type = B;
   using inner_type = Inner;
   using Aux = AuxRouter<T, B>;
-  static_assert(std::is_same_v<W, T>,
-                "ModBlock keeps its router weight with the block's parameters: use float or double");
+  static_assert(
+      std::is_same_v<W, T>,
+      "ModBlock keeps its router weight with the block's parameters: use float or double");
 
   struct Config {
     typename Inner::Config inner;
@@ -130,8 +131,11 @@ class ModBlock {
   }
 
   // y [N, d] = x + r * (block(x_kept) - x_kept) on the kept rows, x elsewhere. y may be x.
-  BlockStats forward(
-      B& b, View<const T, S> x, const BlockInput<S>& in, View<T, S> y, Saved* saved = nullptr) const {
+  BlockStats forward(B& b,
+                     View<const T, S> x,
+                     const BlockInput<S>& in,
+                     View<T, S> y,
+                     Saved* saved = nullptr) const {
     constexpr const char* op = "ModBlock::forward";
     const std::int64_t n = x.rows;
     const std::int64_t d = block().d;
@@ -247,7 +251,7 @@ class ModBlock {
     auto dys = b.workspace().template take<T>(c, shape.cols);  // [C, d] dL/d block(x_kept)
     auto dxs = b.workspace().template take<T>(c, shape.cols);  // [C, d] dL/d x_kept
     auto dgate = b.workspace().template take_span<W>(c);       // [C]
-    b.axpy(dx, dy, 1.0);  // every token's residual
+    b.axpy(dx, dy, 1.0);                                       // every token's residual
     b.gathered_row_dot(dgate, saved.delta.view(), dy, saved.plan.tokens());
     b.gather_rows(dys, dy, saved.plan.tokens());
     b.scale_rows(dys, saved.plan.gates());

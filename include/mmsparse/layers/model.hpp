@@ -282,9 +282,10 @@ class Decoder {
       in.seed = opt.seed * 0x9e3779b97f4a7c15ull + static_cast<std::uint64_t>(l);
       const auto u = static_cast<std::size_t>(l / 2);
       BlockStats ls =
-          l % 2 == 0
-              ? even_[u].forward(b, detail::cv(h.view()), in, h.view(), saved ? &saved->even[u] : nullptr)
-              : odd_[u].forward(b, detail::cv(h.view()), in, h.view(), saved ? &saved->odd[u] : nullptr);
+          l % 2 == 0 ? even_[u].forward(
+                           b, detail::cv(h.view()), in, h.view(), saved ? &saved->even[u] : nullptr)
+                     : odd_[u].forward(
+                           b, detail::cv(h.view()), in, h.view(), saved ? &saved->odd[u] : nullptr);
       st.flops += ls.flops;
       st.aux_loss += ls.aux_loss;
       st.layers.push_back(std::move(ls));
@@ -321,10 +322,10 @@ class Decoder {
     b.fill(dhn, T{});
     b.fill(dh, T{});
     const std::size_t last = grads.size() - 1;
-    linear_backward(b, dhn, grads[last], View<T, S>{}, dlogits, saved.head_in.view(),
-                    detail::cv(head_v_));
-    detail::saved_rms_backward(b, dh, grads[last - 1], detail::cv(dhn), detail::cv(final_v_),
-                               saved.final_norm);
+    linear_backward(
+        b, dhn, grads[last], View<T, S>{}, dlogits, saved.head_in.view(), detail::cv(head_v_));
+    detail::saved_rms_backward(
+        b, dh, grads[last - 1], detail::cv(dhn), detail::cv(final_v_), saved.final_norm);
     std::size_t end = last - 1;  // one past layer l's gradients
     for (std::int64_t l = cfg_.layers - 1; l >= 0; --l) {
       const std::size_t count = layer_parameter_count(l);
@@ -478,12 +479,12 @@ class Decoder {
                    "first ids of each modality, starting at 0",
                    m >= 1 ? cfg.modality_begin[0] : -1);
     for (std::size_t i = 1; i < cfg.modality_begin.size(); ++i) {
-      MMSPARSE_CHECK(cfg.modality_begin[i] > cfg.modality_begin[i - 1] &&
-                         cfg.modality_begin[i] < cfg.vocab,
-                     op,
-                     "modality_begin[" + std::to_string(i) + "]",
-                     "rising ids below vocab = " + std::to_string(cfg.vocab),
-                     cfg.modality_begin[i]);
+      MMSPARSE_CHECK(
+          cfg.modality_begin[i] > cfg.modality_begin[i - 1] && cfg.modality_begin[i] < cfg.vocab,
+          op,
+          "modality_begin[" + std::to_string(i) + "]",
+          "rising ids below vocab = " + std::to_string(cfg.vocab),
+          cfg.modality_begin[i]);
     }
     const BlockConfig& e = Even::block_config(cfg.even);
     const BlockConfig& o = Odd::block_config(cfg.odd);
@@ -582,7 +583,7 @@ struct DecoderShape {
   std::int64_t vocab = 0;
   std::vector<std::int64_t> modality_begin = {0};
   std::int64_t layers = 2;
-  BlockConfig block;                  // d, heads, norm order, ...; modalities = modality_begin.size()
+  BlockConfig block;  // d, heads, norm order, ...; modalities = modality_begin.size()
   std::int64_t experts_per_modality = 4;  // MoMa 4t4i
   double capacity_factor = 1.0;           // expert choice: c_e = capacity_factor / E (MoMa §2.2)
   std::int64_t experts = 8;               // flat MoE (token choice top-2)
@@ -601,7 +602,10 @@ namespace detail {
 template <class F>
 typename F::Config ffn_preset(const DecoderShape& s) {
   typename F::Config c{};
-  if constexpr (requires { c.experts; c.gate; }) {
+  if constexpr (requires {
+                  c.experts;
+                  c.gate;
+                }) {
     using R = typename F::Ffn::router_type;
     const std::size_t m = s.modality_begin.size();
     if constexpr (std::is_same_v<R, ModalityHard>) {
@@ -659,12 +663,11 @@ struct Decoders {
   using Dense = Decoder<T, DenseBlock<T, B>, DenseBlock<T, B>, B>;
   using Mot = Decoder<T, MotBlock<T, B>, MotBlock<T, B>, B>;
   using Moma1t1i = Decoder<T, Moma1t1iBlock<T, D, B>, Moma1t1iBlock<T, D, B>, B>;
-  using Moma4t4i = Decoder<T, MomaBlock<T, ExpertChoice, D, B>, MomaBlock<T, ExpertChoice, D, B>, B>;
+  using Moma4t4i =
+      Decoder<T, MomaBlock<T, ExpertChoice, D, B>, MomaBlock<T, ExpertChoice, D, B>, B>;
   // MoD on layers 0, 2, 4, ... around MoMa 4t4i blocks (MoMa §4.1 "mod_moe_4t4i").
-  using ModMoma4t4i = Decoder<T,
-                              ModBlock<MomaBlock<T, ExpertChoice, D, B>>,
-                              MomaBlock<T, ExpertChoice, D, B>,
-                              B>;
+  using ModMoma4t4i =
+      Decoder<T, ModBlock<MomaBlock<T, ExpertChoice, D, B>>, MomaBlock<T, ExpertChoice, D, B>, B>;
   using TokenChoiceTop2 =
       Decoder<T, MoeBlock<T, TokenChoice, D, B>, MoeBlock<T, TokenChoice, D, B>, B>;
 };

@@ -87,30 +87,32 @@ class SparseFfnPart {
   using W = router_t<T>;
   using Ffn = SparseFfn<T, R, D, B>;
   using Aux = AuxRouter<T, B>;
-  static_assert(std::is_same_v<W, T>,
-                "SparseFfnPart keeps router weights with the block's parameters: use float or double");
+  static_assert(
+      std::is_same_v<W, T>,
+      "SparseFfnPart keeps router weights with the block's parameters: use float or double");
   static constexpr bool has_aux = detail::expert_choice_router<R>::value;
   static constexpr bool grouped = detail::modality_grouped_router<R>::value;
 
   struct Config {
-    std::vector<std::int64_t> experts;  // per modality ({4, 4}: 4t4i; ModalityHard: {1, 1}); flat: {E}
+    std::vector<std::int64_t>
+        experts;  // per modality ({4, 4}: 4t4i; ModalityHard: {1, 1}); flat: {E}
     typename R::Config router{};
     typename D::Config dispatch{};
     GatePlacement gate = GatePlacement::after_norm;  // post-norm only (docs/design.md "Blocks")
   };
   struct Saved {
-    detail::NormSaved<T, B> in_norm;   // pre-norm: the norm of the part's input
-    Tensor<T, S> x;                    // [N, d] the experts' (and router's) input
-    Tensor<ModalityId, S> modality;    // [N, 1]
-    BlockInput<S> route;               // routing options of the forward (spans unused)
+    detail::NormSaved<T, B> in_norm;  // pre-norm: the norm of the part's input
+    Tensor<T, S> x;                   // [N, d] the experts' (and router's) input
+    Tensor<ModalityId, S> modality;   // [N, 1]
+    BlockInput<S> route;              // routing options of the forward (spans unused)
     plan_t<B> plan;
     typename R::template Saved<B> router;
     Tensor<std::int32_t, S> token, slot;  // [R, 1] layout storage
     Tensor<W, S> gate;                    // [R, 1]
     layout_t<B> layout;
-    Tensor<T, S> a, g, o;               // [R, f], [R, f], [R, d] expert activations
-    Tensor<T, S> on;                    // [R, d] norm(o) rows (after_norm)
-    detail::NormSaved<T, B> out_norm;   // post-norm statistics (of o rows or of the sum)
+    Tensor<T, S> a, g, o;              // [R, f], [R, f], [R, d] expert activations
+    Tensor<T, S> on;                   // [R, d] norm(o) rows (after_norm)
+    detail::NormSaved<T, B> out_norm;  // post-norm statistics (of o rows or of the sum)
   };
 
   SparseFfnPart(const BlockConfig& bc, const Config& cfg)
@@ -174,11 +176,8 @@ class SparseFfnPart {
     }
   }
 
-  BlockStats forward(B& b,
-                     View<const T, S> x,
-                     const BlockInput<S>& in,
-                     View<T, S> delta,
-                     Saved* saved) const {
+  BlockStats forward(
+      B& b, View<const T, S> x, const BlockInput<S>& in, View<T, S> delta, Saved* saved) const {
     const std::int64_t n = x.rows;
     const std::int64_t d = bc_.d;
     const std::int64_t f = ffn_.config().hidden;
@@ -211,8 +210,7 @@ class SparseFfnPart {
       }
     }
     if (plan.offsets.empty()) {
-      plan = ffn_.router().route(
-          b, route_args(xin, mod, in), saved ? saved->router : local_router);
+      plan = ffn_.router().route(b, route_args(xin, mod, in), saved ? saved->router : local_router);
     }
 
     const std::int64_t rows = ffn_.dispatch().rows(plan);
@@ -258,8 +256,8 @@ class SparseFfnPart {
       dispatch_combine(b, delta, detail::cv(on), *layout);
     } else if (post) {  // the gated sum normalised (a lone gate cancels)
       dispatch_combine(b, tmp, detail::cv(o), *layout);
-      detail::saved_rms_forward(b, delta, detail::cv(tmp), detail::cv(norm_w_), bc_.norm_eps,
-                                out_norm);
+      detail::saved_rms_forward(
+          b, delta, detail::cv(tmp), detail::cv(norm_w_), bc_.norm_eps, out_norm);
     } else {
       dispatch_combine(b, delta, detail::cv(o), *layout);
     }
@@ -303,14 +301,14 @@ class SparseFfnPart {
     auto dxg = b.workspace().template take<T>(rows, d);   // [R, d]
     auto dgate = b.workspace().template take_span<W>(saved.plan.slots());
     dispatch_gather(b, xg, View<const T, S>(saved.x.view()), layout);
-    dispatch_combine_backward(b, dgate, dout, dcomb, after ? saved.on.view() : saved.o.view(),
-                              layout);
+    dispatch_combine_backward(
+        b, dgate, dout, dcomb, after ? saved.on.view() : saved.o.view(), layout);
     View<const T, S> dexp = dout;
     if (after) {
       auto d_o = b.workspace().template take<T>(rows, d);  // [R, d]
       b.fill(d_o, T{});
-      detail::saved_rms_backward(b, d_o, dnorm, detail::cv(dout), detail::cv(norm_w_),
-                                 saved.out_norm);
+      detail::saved_rms_backward(
+          b, d_o, dnorm, detail::cv(dout), detail::cv(norm_w_), saved.out_norm);
       dexp = d_o;
     }
     experts_backward(b,
@@ -335,8 +333,8 @@ class SparseFfnPart {
                            Span<const W, S>(dgate),
                            RouterGrads<B>{dxin, grads[0], aux_scale});
     if (!post) {
-      detail::saved_rms_backward(b, dx, dnorm, detail::cv(dxin), detail::cv(norm_w_),
-                                 saved.in_norm);
+      detail::saved_rms_backward(
+          b, dx, dnorm, detail::cv(dxin), detail::cv(norm_w_), saved.in_norm);
     }
   }
 
@@ -396,7 +394,7 @@ class SparseFfnPart {
 
  private:
   struct Groups {
-    Span<const std::int32_t, S> order;   // [N] tokens by modality (workspace, caller's frame)
+    Span<const std::int32_t, S> order;  // [N] tokens by modality (workspace, caller's frame)
     std::vector<std::int32_t> order_host;
     std::vector<std::int64_t> offsets;  // [M + 1]
   };
@@ -549,7 +547,6 @@ class SparseFfnPart {
   View<T, S> norm_w_;
   std::vector<Aux> aux_;  // one per modality group (grouped) or one (flat); expert choice only
 };
-
 
 // MoMa with expert groups per modality and a learned router inside each (4t4i: Inner =
 // ExpertChoice, experts {4, 4}).

@@ -46,8 +46,9 @@ struct ModalityOrder {
     if (n > 0) {
       b.iota_mod(iota, n);
     }
-    b.scatter_values(
-        inverse.span(), Span<const std::int32_t, S>(iota), Span<const std::int32_t, S>(order.span()));
+    b.scatter_values(inverse.span(),
+                     Span<const std::int32_t, S>(iota),
+                     Span<const std::int32_t, S>(order.span()));
   }
   [[nodiscard]] std::int64_t begin(std::size_t m) const {
     return offsets[m];
@@ -168,11 +169,8 @@ class UntiedAttention {
     detail::check_bound("UntiedAttention::bind_aux", {}, w);
   }
 
-  BlockStats forward(B& b,
-                     View<const T, S> x,
-                     const BlockInput<S>& in,
-                     View<T, S> delta,
-                     Saved* saved) const {
+  BlockStats forward(
+      B& b, View<const T, S> x, const BlockInput<S>& in, View<T, S> delta, Saved* saved) const {
     return run(b, x, in, delta, saved, nullptr, 0);
   }
   void decode(B& b,
@@ -196,8 +194,8 @@ class UntiedAttention {
     const auto& gr = saved.groups;
     const std::size_t per = grads.size() / qkv_.size();
     auto frame = b.workspace().frame();
-    auto ddg = b.workspace().template take<T>(n, d);           // [N, d] grouped dL/d(delta)
-    auto tmp = b.workspace().template take<T>(n, d);           // [N, d]
+    auto ddg = b.workspace().template take<T>(n, d);            // [N, d] grouped dL/d(delta)
+    auto tmp = b.workspace().template take<T>(n, d);            // [N, d]
     auto dag = b.workspace().template take<T>(n, a.q_width());  // [N, H·dh] grouped
     auto da = b.workspace().template take<T>(n, a.q_width());   // [N, H·dh] original order
     auto dq = b.workspace().template take<T>(n, a.q_width());
@@ -378,9 +376,9 @@ class UntiedAttention {
 
   BlockConfig bc_;
   Core core_;
-  std::vector<Qkv> qkv_;             // per modality
-  std::vector<Out> out_;             // per modality
-  std::vector<Tensor<T, S>> norm_;   // per modality [1, d] own storage (empty after bind)
+  std::vector<Qkv> qkv_;            // per modality
+  std::vector<Out> out_;            // per modality
+  std::vector<Tensor<T, S>> norm_;  // per modality [1, d] own storage (empty after bind)
   std::vector<View<T, S>> norm_w_;
 };
 
@@ -444,11 +442,8 @@ class UntiedFfn {
     detail::check_bound("UntiedFfn::bind_aux", {}, w);
   }
 
-  BlockStats forward(B& b,
-                     View<const T, S> x,
-                     const BlockInput<S>& in,
-                     View<T, S> delta,
-                     Saved* saved) const {
+  BlockStats forward(
+      B& b, View<const T, S> x, const BlockInput<S>& in, View<T, S> delta, Saved* saved) const {
     const std::int64_t n = x.rows;
     const std::int64_t d = bc_.d;
     const bool post = bc_.norm_order == NormOrder::post;

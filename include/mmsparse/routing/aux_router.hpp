@@ -169,7 +169,8 @@ class AuxRouter {
     auto frame = b.workspace().frame();
     Buffers buf = take(b, n);
     run(b, x, buf);
-    // BCE as a 2-class softmax cross-entropy over [z, 0]: softmax gives [sigmoid(z), 1 - sigmoid(z)].
+    // BCE as a 2-class softmax cross-entropy over [z, 0]: softmax gives [sigmoid(z), 1 -
+    // sigmoid(z)].
     auto logits2 = b.workspace().template take<W>(pairs, 2);  // [n E, 2]
     auto dlogits2 = b.workspace().template take<W>(pairs, 2);
     auto loss = b.workspace().template take_span<W>(pairs);

@@ -1,0 +1,316 @@
+// bench/block_bench.cpp
+//
+// One transformer block per configuration (dense, MoT, MoMa 1t1i, MoMa 4t4i, MoD + MoMa 4t4i at
+// c = 0.25 and 0.125, token-choice top-2) at d = 512, 8 heads, S tokens of one sequence (half
+// text, half image in runs): forward and forward + backward tokens/s, each against the dense
+// block of equal active FLOPs run earlier in the same binary (ratio_to_dense), and decode tokens/s
+// with the KV cache (aux routing). Post-norm (Chameleon), QK-norm, SwiGLU f = 1536, float.
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "bench_context.hpp"
+#include <mmsparse/backend/cpu/backend.hpp>
+#include <mmsparse/core/rng.hpp>
+#include <mmsparse/dispatch/sorted_gather.hpp>
+#include <mmsparse/layers/block.hpp>
+#include <mmsparse/layers/kv_cache.hpp>
+#include <mmsparse/layers/mod_block.hpp>
+#include <mmsparse/layers/moma_block.hpp>
+#include <mmsparse/layers/mot_block.hpp>
+#include <mmsparse/routing/token_choice.hpp>
+
+namespace mm = mmsparse;
+
+namespace {
+
+using Backend = mm::CpuBackend<float>;
+using S = mm::host_space;
+using Dense = mm::DenseBlock<float, Backend>;
+using Mot = mm::MotBlock<float, Backend>;
+using Moma1t1i = mm::Moma1t1iBlock<float, mm::SortedGather, Backend>;
+using Moma4t4i = mm::MomaBlock<float, mm::ExpertChoice, mm::SortedGather, Backend>;
+using ModMoma = mm::ModBlock<Moma4t4i>;
+using Top2 = mm::MoeBlock<float, mm::TokenChoice, mm::SortedGather, Backend>;
+constexpr std::int64_t d = 512, heads = 8;
+
+Backend& backend() {
+  static Backend b;  // threads: OMP_NUM_THREADS
+  return b;
+}
+
+std::map<std::string, double>& seconds() {  // mean wall seconds per iteration, by name
+  static std::map<std::string, double> s;
+  return s;
+}
+
+mm::BlockConfig block_config(std::int64_t hidden = 0) {
+  mm::BlockConfig bc;
+  bc.d = d;
+  bc.heads = heads;
+  bc.hidden = hidden;
+  bc.modalities = 2;
+  bc.norm_order = mm::NormOrder::post;
+  bc.seed = 1;
+  return bc;
+}
+
+// One sequence of n tokens: text, an image run of half the tokens, text.
+struct Input {
+  mm::Tensor<float> x, dy;
+  std::vector<mm::ModalityId> modality;
+  std::vector<std::int32_t> positions;
+  std::vector<std::int64_t> sequences;
+  mm::BlockInput<S> input() const {
+    mm::BlockInput<S> in;
+    in.modality = {modality.data(), x.rows()};
+    in.positions = {positions.data(), x.rows()};
+    in.sequences = sequences;
+    return in;
+  }
+};
+
+const Input& input_of(std::int64_t n) {
+  static std::map<std::int64_t, std::unique_ptr<Input>> inputs;
+  auto& in = inputs[n];
+  if (!in) {
+    mm::Rng rng(static_cast<std::uint64_t>(n));
+    in = std::make_unique<Input>();
+    in->x = rng.normal_tensor<float>(n, d);
+    in->dy = rng.normal_tensor<float>(n, d, 1e-2);
+    for (std::int64_t t = 0; t < n; ++t) {
+      in->modality.push_back(t >= n / 4 && t < 3 * n / 4 ? 1 : 0);
+      in->positions.push_back(static_cast<std::int32_t>(t));
+    }
+    in->sequences = {0, n};
+  }
+  return *in;
+}
+
+// Gradient buffers of a block's parameters.
+struct Grads {
+  std::vector<mm::Tensor<float>> own;
+  std::vector<mm::View<float>> views;
+};
+template <class L>
+Grads grads_of(const L& layer) {
+  Grads g;
+  for (const auto& p : L::parameters(layer.config())) {
+    g.own.emplace_back(p.shape);
+    g.own.back().fill(0.0f);
+    g.views.push_back(g.own.back().view());
+  }
+  return g;
+}
+
+template <class F>
+double timed_loop(benchmark::State& state, const std::string& name, F&& body) {
+  double total = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    body();
+    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  const double mean = total / static_cast<double>(state.iterations());
+  seconds()[name] = mean;
+  return mean;
+}
+
+void report(benchmark::State& state,
+            double t,
+            double flops,
+            std::int64_t tokens,
+            const std::string& dense,
+            double goal) {
+  state.counters["tokens/s"] = static_cast<double>(tokens) / t;
+  state.counters["GFLOP/s"] = flops / t * 1e-9;
+  state.counters["MFLOP/token"] = flops / static_cast<double>(tokens) * 1e-6;
+  const auto it = seconds().find(dense);
+  if (!dense.empty() && it != seconds().end()) {
+    state.counters["ratio_to_dense"] = t / it->second;
+    state.counters["goal"] = goal;
+  }
+}
+
+// Forward (backward = false) or forward + backward of one block over n tokens.
+template <class L>
+void bm_block(benchmark::State& state,
+              const std::string& name,
+              const typename L::Config& cfg,
+              std::int64_t n,
+              bool backward,
+              const std::string& dense,
+              double goal) {
+  L layer(cfg);
+  Backend& b = backend();
+  const Input& in = input_of(n);
+  mm::Tensor<float> y(n, d), dx(n, d);
+  Grads g = grads_of(layer);
+  typename L::Saved saved;
+  mm::BlockStats st;
+  auto body = [&] {
+    if (backward) {
+      st = layer.forward(b, in.x.view(), in.input(), y.view(), &saved);
+      dx.fill(0.0f);
+      layer.backward(b, saved, in.dy.view(), dx.view(), g.views, 1.0);
+      benchmark::DoNotOptimize(dx.data());
+    } else {
+      st = layer.forward(b, in.x.view(), in.input(), y.view());
+      benchmark::DoNotOptimize(y.data());
+    }
+  };
+  body();  // warm-up: the workspace reaches its steady size
+  const double t = timed_loop(state, name, body);
+  report(state, t, backward ? 3.0 * st.flops : st.flops, n, dense, goal);
+}
+
+// Decode tokens/s: `context` tokens prefilled into the cache (untimed), then `steps` tokens one
+// by one (timed), routers deciding per token (aux routing).
+template <class L>
+void bm_decode(benchmark::State& state,
+               const typename L::Config& cfg,
+               std::int64_t context,
+               std::int64_t steps) {
+  L layer(cfg);
+  Backend& b = backend();
+  const Input& in = input_of(context + steps);
+  mm::KvCache<float, Backend> cache({"block", 1, context + steps, d});
+  mm::Tensor<float> y(context + steps, d);
+  auto at = [&](std::int64_t r0, std::int64_t count) {
+    mm::BlockInput<S> one;
+    one.modality = {in.modality.data() + r0, count};
+    one.positions = {in.positions.data() + r0, count};
+    static thread_local std::vector<std::int64_t> seq;
+    seq = {0, count};
+    one.sequences = seq;
+    return one;
+  };
+  double total = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    cache.reset();
+    layer.decode(b,
+                 in.x.view().row_block(0, context),
+                 at(0, context),
+                 cache,
+                 0,
+                 y.view().row_block(0, context));
+    state.ResumeTiming();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::int64_t t = context; t < context + steps; ++t) {
+      layer.decode(b, in.x.view().row_block(t, 1), at(t, 1), cache, 0, y.view().row_block(t, 1));
+    }
+    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["tokens/s"] =
+      static_cast<double>(steps) * static_cast<double>(state.iterations()) / total;
+  state.counters["cached"] = static_cast<double>(cache.length(0));
+}
+
+Dense::Config dense_config(std::int64_t hidden = 0) {
+  return {block_config(hidden), {}, {}};
+}
+Moma4t4i::Config moma_config() {
+  Moma4t4i::Config c;
+  c.block = block_config();
+  c.ffn.experts = {4, 4};
+  c.ffn.router.capacity_factor = 1.0;  // c_e = 1/4 per expert: active FLOPs of the dense FFN
+  return c;
+}
+ModMoma::Config mod_config(double capacity) {
+  ModMoma::Config c;
+  c.inner = moma_config();
+  c.router.capacity = capacity;
+  return c;
+}
+Moma1t1i::Config hard_config() {
+  Moma1t1i::Config c;
+  c.block = block_config();
+  c.ffn.experts = {1, 1};
+  return c;
+}
+Top2::Config top2_config() {
+  Top2::Config c;
+  c.block = block_config();
+  c.ffn.experts = {8};
+  c.ffn.router.k = 2;
+  c.ffn.router.dropless = true;
+  return c;
+}
+
+void register_all() {
+  for (const std::int64_t n : {1024, 2048}) {
+    for (const bool bw : {false, true}) {
+      const std::string tag = (bw ? "fwd_bwd/S:" : "fwd/S:") + std::to_string(n);
+      const std::string dense = "BM_block_dense_" + tag;
+      const std::string dense2 = "BM_block_dense_2f_" + tag;
+      auto reg = [&](const std::string& name, auto fn) {
+        benchmark::RegisterBenchmark(name.c_str(), fn)
+            ->UseManualTime()
+            ->Unit(benchmark::kMillisecond);
+      };
+      reg(dense,
+          [=](benchmark::State& s) { bm_block<Dense>(s, dense, dense_config(), n, bw, "", 0); });
+      // The dense block with twice the FFN width: token choice top-2's active FLOPs.
+      reg(dense2, [=](benchmark::State& s) {
+        bm_block<Dense>(s, dense2, dense_config(2 * mm::swiglu_hidden(d)), n, bw, "", 0);
+      });
+      const std::string mot = "BM_block_mot_" + tag;
+      reg(mot, [=](benchmark::State& s) {
+        bm_block<Mot>(s, mot, Mot::Config{block_config(), {}, {}}, n, bw, dense, 1.05);
+      });
+      const std::string hard = "BM_block_moma1t1i_" + tag;
+      reg(hard, [=](benchmark::State& s) {
+        bm_block<Moma1t1i>(s, hard, hard_config(), n, bw, dense, 1.05);
+      });
+      const std::string moma = "BM_block_moma4t4i_" + tag;
+      reg(moma, [=](benchmark::State& s) {
+        bm_block<Moma4t4i>(s, moma, moma_config(), n, bw, dense, 1.10);
+      });
+      for (const double c : {0.25, 0.125}) {
+        const std::string mod =
+            "BM_block_mod" + std::to_string(c).substr(0, 5) + "_moma4t4i_" + tag;
+        reg(mod, [=](benchmark::State& s) {
+          bm_block<ModMoma>(s, mod, mod_config(c), n, bw, dense, c * 1.05);
+        });
+      }
+      const std::string top2 = "BM_block_top2_" + tag;
+      reg(top2, [=](benchmark::State& s) {
+        bm_block<Top2>(s, top2, top2_config(), n, bw, dense2, 1.10);
+      });
+    }
+  }
+  const std::int64_t context = 960, steps = 64;
+  auto dec = [&](const std::string& name, auto fn) {
+    benchmark::RegisterBenchmark(("BM_decode_" + name + "/ctx:960").c_str(), fn)
+        ->Unit(benchmark::kMillisecond);
+  };
+  dec("dense", [=](benchmark::State& s) { bm_decode<Dense>(s, dense_config(), context, steps); });
+  dec("mot", [=](benchmark::State& s) {
+    bm_decode<Mot>(s, Mot::Config{block_config(), {}, {}}, context, steps);
+  });
+  dec("moma1t1i",
+      [=](benchmark::State& s) { bm_decode<Moma1t1i>(s, hard_config(), context, steps); });
+  dec("moma4t4i",
+      [=](benchmark::State& s) { bm_decode<Moma4t4i>(s, moma_config(), context, steps); });
+  dec("mod0.25_moma4t4i",
+      [=](benchmark::State& s) { bm_decode<ModMoma>(s, mod_config(0.25), context, steps); });
+  dec("top2", [=](benchmark::State& s) { bm_decode<Top2>(s, top2_config(), context, steps); });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  mm::bench::add_context();
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
