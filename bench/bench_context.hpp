@@ -54,9 +54,10 @@ inline std::string cpuinfo_field(const std::string& key) {
   return {};
 }
 
+// (Strings are built with append: g++ 12 -O3 warns falsely on "literal" + std::string.)
 inline bool has_flag(const std::string& flag) {
-  static const std::string flags = " " + cpuinfo_field("flags") + " ";
-  return flags.find(" " + flag + " ") != std::string::npos;
+  static const std::string flags = std::string(" ").append(cpuinfo_field("flags")).append(" ");
+  return flags.find(std::string(" ").append(flag).append(" ")) != std::string::npos;
 }
 
 // One FMA probe kernel: `iters` rounds over independent accumulator chains (enough to cover
@@ -383,7 +384,7 @@ inline void add_context() {
     }
   }
   benchmark::AddCustomContext("isa_flags", flags);
-  benchmark::AddCustomContext("probe_isa", vector_isa() + ", bf16: " + bf16_isa());
+  benchmark::AddCustomContext("probe_isa", vector_isa().append(", bf16: ").append(bf16_isa()));
 #if defined(MMSPARSE_WITH_ONEDNN)
   benchmark::AddCustomContext("onednn", cpu::onednn_version() + " isa " + cpu::onednn_isa());
 #else
@@ -392,7 +393,7 @@ inline void add_context() {
   benchmark::AddCustomContext("threads", std::to_string(all));
   for (const int t : {1, all}) {
     const Limits& l = limits(t);
-    const std::string suffix = "_" + std::to_string(t) + "t";
+    const std::string suffix = std::string("_").append(std::to_string(t)).append("t");
     benchmark::AddCustomContext("f32_peak_gflops" + suffix, detail::fixed(l.f32_gflops));
     benchmark::AddCustomContext(
         "bf16_peak_gflops" + suffix,

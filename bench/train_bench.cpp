@@ -123,7 +123,8 @@ template <class Layer>
 void run(benchmark::State& state, Runner<Layer>& r, std::int64_t dense_f) {
   mm::Tape tape;
   std::int64_t held = 0;
-  const double flops = r.step(tape, &held);  // warm-up, and the activation bytes
+  (void)r.step(tape);                        // warm-up: workspace growth, GEMM weight packing
+  const double flops = r.step(tape, &held);  // steady state: the activation bytes
   const double act = static_cast<double>(held) + static_cast<double>(r.b.workspace().high_water());
   if (dense_f == 0) {
     const double dense_flops = Dense(Dense::Config{.d = d, .hidden = hidden}).flops(tokens);
@@ -133,6 +134,7 @@ void run(benchmark::State& state, Runner<Layer>& r, std::int64_t dense_f) {
   Runner<Dense> dense(Dense::Config{.d = d, .hidden = dense_f});
   mm::Tape dense_tape;
   std::int64_t dense_held = 0;
+  dense.step(dense_tape);
   dense.step(dense_tape, &dense_held);
   const double dense_act =
       static_cast<double>(dense_held) + static_cast<double>(dense.b.workspace().high_water());

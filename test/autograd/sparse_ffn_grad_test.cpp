@@ -284,3 +284,103 @@ TEST_CASE("sparse_ffn grad: aux losses left out of the loss contribute nothing",
   }
   CHECK(diff > 1e-3);  // the aux losses do reach the router when they are in the loss
 }
+
+namespace {
+// Gradients (x, router, w1, w3, w2) of <y, r> + aux through the tape, in scalar T, from values
+// drawn in double.
+template <class T, class R>
+std::vector<std::vector<double>> grads_in(const typename R::Config& rc,
+                                          std::vector<std::int64_t> experts,
+                                          std::int64_t modalities) {
+  using Bk = CpuBackend<T>;
+  using Layer = SparseFfn<T, R, SortedGather, Bk>;
+  Bk b;
+  Tape tape;
+  typename Layer::Config cfg;
+  cfg.d = d;
+  cfg.hidden = f;
+  cfg.experts = std::move(experts);
+  cfg.modalities = modalities;
+  cfg.router = rc;
+  Layer layer(cfg);
+  ParamArena<T, Bk> arena;
+  const auto ids = declare_layer<Layer>(arena, "ffn", cfg);
+  arena.allocate(b);
+  Rng rng(31);
+  auto fill = [&](View<T> v, double stddev) {
+    for (std::int64_t i = 0; i < v.rows; ++i) {
+      for (std::int64_t j = 0; j < v.cols; ++j) {
+        v(i, j) = static_cast<T>(stddev * rng.normal());
+      }
+    }
+  };
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    fill(arena.value(ids[i]), i == 0 ? 1.0 : 0.4);
+  }
+  layer.bind(layer_weights<Layer>(arena, ids, false));
+  Tensor<T> xv(n, d), r(n, d);
+  fill(xv.view(), 1.0);
+  fill(r.view(), 1.0);
+  std::vector<ModalityId> modality(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    modality[static_cast<std::size_t>(i)] = static_cast<ModalityId>(i % modalities);
+  }
+  Var<T, Bk> x(b, xv.view(), true);
+  auto out = sparse_ffn(tape,
+                        b,
+                        layer,
+                        layer_weights<Layer>(arena, ids, true),
+                        x,
+                        Span<const ModalityId>(modality.data(), n));
+  out.aux.grad()(0, 0) = T{1};
+  tape.backward(out.y, View<const T>(r.view()));
+  std::vector<std::vector<double>> g;
+  auto push = [&](View<const T> v) {
+    g.emplace_back();
+    for (std::int64_t i = 0; i < v.rows; ++i) {
+      for (std::int64_t j = 0; j < v.cols; ++j) {
+        g.back().push_back(static_cast<double>(v(i, j)));
+      }
+    }
+  };
+  push(x.grad());
+  for (const auto id : ids) {
+    push(arena.grad(id));
+  }
+  return g;
+}
+
+template <class R>
+void check_float_matches_double(const typename R::Config& rc,
+                                std::vector<std::int64_t> experts,
+                                std::int64_t modalities) {
+  const auto g64 = grads_in<double, R>(rc, experts, modalities);
+  const auto g32 = grads_in<float, R>(rc, experts, modalities);
+  for (std::size_t k = 0; k < g64.size(); ++k) {
+    double err = 0.0, scale = 0.0;
+    for (std::size_t i = 0; i < g64[k].size(); ++i) {
+      err = std::max(err, std::fabs(g64[k][i] - g32[k][i]));
+      scale = std::max(scale, std::fabs(g64[k][i]));
+    }
+    INFO(R::name << " tensor " << k << ": max error " << err << ", scale " << scale);
+    CHECK(scale > 0.0);
+    CHECK(err <= 1e-4 * scale);
+  }
+}
+}  // namespace
+
+TEST_CASE("sparse_ffn grad: float gradients agree with double gradients", "[autograd][cpu][grad]") {
+  SECTION("ModalityAware<ExpertChoice> 2t2i") {
+    ExpertChoice::Config rc;
+    rc.capacity_factor = 1.0;
+    check_float_matches_double<ModalityAware<ExpertChoice>>(rc, {2, 2}, 2);
+  }
+  SECTION("TokenChoice top-2 with capacity and aux losses") {
+    TokenChoice::Config rc;
+    rc.k = 2;
+    rc.capacity_factor = 1.0;
+    rc.balance_coef = 0.1;
+    rc.z_coef = 0.05;
+    check_float_matches_double<TokenChoice>(rc, {4}, 1);
+  }
+}

@@ -511,7 +511,7 @@ class Attention {
     out_.bind({w.wo});
   }
 
-  // y [N, d] = attention(x [N, d]) at positions [N] under `mask`; inference.
+  // y [N, d] = attention(x [N, d]) at positions [N] under `mask`; inference. y may be x.
   void forward(B& b,
                View<const T, S> x,
                Span<const std::int32_t, S> positions,
