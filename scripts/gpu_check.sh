@@ -12,7 +12,10 @@
 #                                                          machine that cannot install them
 # Environment: OUT, BUILD (default build-cuda/), DEPS (default build-gpu-deps/ when present),
 # CUDA_ARCH (default 90), JOBS (default 16), BENCH_MIN_TIME (seconds, default 0.5),
-# SANITIZE_TIMEOUT (seconds per executable, default 1800).
+# SANITIZE_TIMEOUT (seconds per executable, default 1800), NO_WERROR=1 (a host compiler newer
+# than the project's warns differently: keep building).
+# A GPU machine without the Debian packages: run `scripts/gpu_check.sh pack-deps` here, carry
+# build-gpu-deps/ (about 13 MB) and run `scripts/gpu_check.sh` there.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +28,7 @@ pack_deps() {
   cp -a /usr/include/eigen3 /usr/include/catch2 /usr/include/benchmark "$dest/usr/include/"
   cp -a /usr/share/eigen3 "$dest/usr/share/"
   cp -a /usr/lib/cmake/Catch2 "$dest/usr/lib/cmake/"
+  cp -a /usr/lib/libCatch2WithMain.a "$dest/usr/lib/"
   cp -a "$lib"/cmake/benchmark "$dest$lib/cmake/"
   cp -a "$lib"/libbenchmark.so* "$lib"/libbenchmark_main.a "$dest$lib/"
   du -sh "$dest"
@@ -66,8 +70,11 @@ run() {
 }
 
 prefix_args=()
+if [ "${NO_WERROR:-0}" = "1" ]; then
+  prefix_args+=(--compile-no-warning-as-error)
+fi
 if [ -n "${DEPS:-}" ]; then
-  prefix_args=(-DCMAKE_PREFIX_PATH="$DEPS/usr")
+  prefix_args+=(-DCMAKE_PREFIX_PATH="$DEPS/usr")
   export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 

@@ -52,11 +52,31 @@ std::vector<std::int32_t> tokens(std::uint64_t seed, std::int64_t count) {
   return t;
 }
 
+// Random aux routers (no bias term) that keep some tokens of `ids` and skip others in every
+// routed layer: the first seed that does, so decoding meets both kinds of decision.
 template <class Model>
-void randomize_all(Model& model, std::uint64_t seed) {
-  // Aux routers with a bias-free random MLP: some tokens kept, some skipped.
-  block_checks::randomize(model.aux_parameters(), model.aux_weights(), seed + 1, 1.0);
-  (void)seed;
+void randomize_aux(Model& model, const std::vector<std::int32_t>& ids, std::uint64_t seed) {
+  Cpu b;
+  mm::Tensor<float> logits(static_cast<std::int64_t>(ids.size()), vocab);
+  typename Model::ForwardOptions opt;
+  opt.routing = mm::RoutingMode::aux;
+  opt.trace = true;
+  for (std::uint64_t s = seed; s < seed + 64; ++s) {
+    block_checks::randomize(model.aux_parameters(), model.aux_weights(), s, 1.0);
+    const auto st = model.forward(b, {ids, 1}, logits.view(), nullptr, opt);
+    bool mixed = true;
+    for (const auto& l : st.layers) {
+      for (const auto& r : l.routing) {
+        const auto slots = static_cast<std::int64_t>(r.tokens.size());
+        const auto experts = static_cast<std::int64_t>(r.offsets.size()) - 1;
+        mixed = mixed && slots > 0 && slots < experts * static_cast<std::int64_t>(ids.size());
+      }
+    }
+    if (mixed) {
+      return;
+    }
+  }
+  FAIL("no aux-router seed keeps some tokens and skips others");
 }
 
 // Max |a - b| / max |b| over rows [r0, r1).
@@ -130,8 +150,8 @@ TEMPLATE_LIST_TEST_CASE(
   using Model = TestType;
   Cpu b;
   Model model(mm::decoder_preset<Model>(shape()));
-  randomize_all(model, 7);
   const auto ids = tokens(9, len);
+  randomize_aux(model, ids, 7);
   mm::Tensor<float> full(len, vocab);
   typename Model::ForwardOptions opt;
   opt.routing = mm::RoutingMode::aux;
@@ -221,8 +241,8 @@ TEST_CASE("Generation across a modality switch: a text prompt, then image tokens
   using Model = Ds::ModMoma4t4i;
   Cpu b;
   Model model(mm::decoder_preset<Model>(shape()));
-  randomize_all(model, 13);
   const std::vector<std::int32_t> prompt = {3, 17, 8, 25, 11};  // text
+  randomize_aux(model, prompt, 13);
   mm::DecodeSession<Model> s(model, 1, 16);
   const mm::SamplingConfig image{0.8, 8, 1234, static_cast<std::int32_t>(text), vocab};
   const auto generated = mm::generate(b, s, 0, prompt, 6, image);

@@ -189,7 +189,8 @@ TEMPLATE_LIST_TEST_CASE("Decoder is causal: a later token never changes an earli
     for (const std::int64_t t : {5, 4}) {  // an image token, then the text -> image boundary
       INFO("change token " << t << (opt.routing == mm::RoutingMode::aux ? " (aux)" : " (batch)"));
       auto changed = ids;
-      changed[static_cast<std::size_t>(t)] = t == 5 ? text + 1 : 2;  // t = 4: image -> text
+      const auto u = static_cast<std::size_t>(t);
+      changed[u] = t == 5 ? (ids[u] == text + 1 ? text + 2 : text + 1) : 2;  // 4: image -> text
       model.forward(b, {ids, seqs}, before.view(), nullptr, opt);
       model.forward(b, {changed, seqs}, after.view(), nullptr, opt);
       CHECK(max_diff_rows(before, after, 0, t) < 1e-12);
@@ -205,7 +206,9 @@ TEMPLATE_LIST_TEST_CASE("Decoder FLOPs per token count what ran", "[layers][cpu]
   Model model(mm::decoder_preset<Model>(shape()));
   const auto ids = tokens(3);  // per sequence 4 text, 4 image: 8 text, 8 image tokens
   mm::Tensor<double> logits(n, vocab);
-  const auto st = model.forward(b, {ids, seqs}, logits.view());
+  typename Model::ForwardOptions opt;
+  opt.trace = true;
+  const auto st = model.forward(b, {ids, seqs}, logits.view(), nullptr, opt);
   const double f = 16, v = vocab, dd = d;
   const double pairs = seqs * len * (len + 1) / 2.0;
   const double attn = n * 8 * dd * dd + 4 * dd * pairs;  // q, k, v, o and QK^T, PV

@@ -58,11 +58,11 @@ MMSPARSE_HOST_DEVICE constexpr std::int64_t segment_of(const std::int64_t* offse
   return lo;
 }
 
-// ceil(x) for a non-negative product computed in double, robust to x = 2.0000000001
-// from float inputs such as 0.1f * 30: values within 1e-9 of an integer round to it.
+// ceil(x) for a non-negative product computed in double, robust to x = 3.00000004
+// from float inputs such as 0.1f * 30: values within 1e-6 (relative) of an integer round to it.
 inline std::int64_t ceil_tolerant(double x) {
   const double r = std::round(x);
-  if (std::fabs(x - r) < 1e-9 * (1.0 + std::fabs(x))) {
+  if (std::fabs(x - r) < 1e-6 * (1.0 + std::fabs(x))) {
     return static_cast<std::int64_t>(r);
   }
   return static_cast<std::int64_t>(std::ceil(x));
