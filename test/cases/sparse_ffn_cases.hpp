@@ -76,14 +76,15 @@ inline const std::vector<SparseFfnCase>& edge_cases() {
   return cases;
 }
 
-// MoMa-like shapes for bench/: d = 512, SwiGLU hidden 1536 (= swiglu_hidden(512)), 4096 tokens,
-// text/image 50/50 and 20/80 in runs of 256 tokens.
+// MoMa-like shapes for bench/: d = 512, SwiGLU hidden 1536 (= swiglu_hidden(512)), 4096 tokens
+// (and 1024), text/image 50/50 and 20/80 in runs of 256 tokens.
 inline const std::vector<SparseFfnCase>& bench_cases() {
   static const std::vector<SparseFfnCase> cases = {
       {"1t1i_50_50", 4096, 512, 1536, {1, 1}, {0.5, 0.5}, 256, 101},
       {"1t1i_20_80", 4096, 512, 1536, {1, 1}, {0.2, 0.8}, 256, 102},
       {"4t4i_50_50", 4096, 512, 1536, {4, 4}, {0.5, 0.5}, 256, 103},
       {"4t4i_20_80", 4096, 512, 1536, {4, 4}, {0.2, 0.8}, 256, 104},
+      {"4t4i_50_50_n1024", 1024, 512, 1536, {4, 4}, {0.5, 0.5}, 256, 105},
   };
   return cases;
 }
