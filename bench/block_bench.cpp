@@ -252,7 +252,7 @@ void register_all() {
       const std::string dense2 = "BM_block_dense_2f_" + tag;
       auto reg = [&](const std::string& name, auto fn) {
         benchmark::RegisterBenchmark(name.c_str(), fn)
-            ->UseManualTime()
+            ->UseRealTime()
             ->Unit(benchmark::kMillisecond);
       };
       reg(dense,

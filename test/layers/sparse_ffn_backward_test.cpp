@@ -128,7 +128,7 @@ mm::Tensor<double> minus(const mm::Tensor<T>& a, const mm::Tensor<T>& b) {
   return d;
 }
 
-// Central differences of run.loss at 8 entries of `param` (half of them random, half among the
+// Central differences of run.loss at 6 entries of `param` (half of them random, half among the
 // entries with a non-zero analytic gradient), against `analytic`: the error may be
 // gradcheck_tolerance relative to the gradient, plus the rounding floor of the difference quotient
 // (a few ulps of Σ |terms of L|, divided by the step).
@@ -156,7 +156,7 @@ void check_fd(R& run,
   }
   std::vector<double> fd, an;
   const double h = cases::gradcheck_step;
-  for (int k = 0; k < 8; ++k) {
+  for (int k = 0; k < 6; ++k) {
     const std::int64_t i = k % 2 == 0 || nonzero.empty()
                                ? rng.integer(0, size)
                                : nonzero[static_cast<std::size_t>(
@@ -267,6 +267,13 @@ TEMPLATE_LIST_TEST_CASE(
     }
 
     if constexpr (std::is_same_v<T, double>) {
+      // Finite differences (the slow part): sorted gather on two mixed batches (4t4i, three
+      // modalities), the other schemes (whose gradients equal sorted gather's, above) on one.
+      const bool sorted_fd = c.name == "4t4i" || c.name == "3mod_2t2i2s";
+      const bool others_fd = c.name == "3mod_2t2i2s";
+      if (!sorted_fd) {
+        continue;
+      }
       auto fd_all = [&](auto& run, const Grads<T>& g, std::uint64_t seed) {
         INFO("dispatch " << decltype(run.layer)::dispatch_type::name);
         auto w = run.layer.weights();
@@ -282,8 +289,10 @@ TEMPLATE_LIST_TEST_CASE(
         check_fd(run, w.w2.data, w.w2.size(), minus(g.w2, prefill.w2), "w2", seed + 4);
       };
       fd_all(sorted, gs, c.seed + 10);
-      fd_all(padded, gp, c.seed + 20);
-      fd_all(dense, gd, c.seed + 30);
+      if (others_fd) {
+        fd_all(padded, gp, c.seed + 20);
+        fd_all(dense, gd, c.seed + 30);
+      }
     }
   }
 }
