@@ -7,6 +7,7 @@
 // with the KV cache (aux routing). Post-norm (Chameleon), QK-norm, SwiGLU f = 1536, float.
 #include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <string>
@@ -44,9 +45,20 @@ Backend& backend() {
   return b;
 }
 
-std::map<std::string, double>& seconds() {  // mean wall seconds per iteration, by name
-  static std::map<std::string, double> s;
+// Mean seconds per iteration of the benchmarks run so far, by name: wall and process CPU time.
+struct Times {
+  double wall = 0;
+  double cpu = 0;
+};
+std::map<std::string, Times>& seconds() {
+  static std::map<std::string, Times> s;
   return s;
+}
+
+double cpu_now() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 mm::BlockConfig block_config(std::int64_t hidden = 0) {
@@ -109,30 +121,38 @@ Grads grads_of(const L& layer) {
 }
 
 template <class F>
-double timed_loop(benchmark::State& state, const std::string& name, F&& body) {
-  double total = 0;
+Times timed_loop(benchmark::State& state, const std::string& name, F&& body) {
+  Times total;
   for (auto _ : state) {
     const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = cpu_now();
     body();
-    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    total.cpu += cpu_now() - c0;
+    total.wall += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  const double mean = total / static_cast<double>(state.iterations());
+  const auto it = static_cast<double>(state.iterations());
+  const Times mean{total.wall / it, total.cpu / it};
   seconds()[name] = mean;
   return mean;
 }
 
+// tokens/s on the wall clock and per CPU-second of each thread (the machine is shared: a
+// descheduled thread stalls the wall clock, not the CPU clock), and the ratios to `dense`.
 void report(benchmark::State& state,
-            double t,
+            Times t,
             double flops,
             std::int64_t tokens,
             const std::string& dense,
             double goal) {
-  state.counters["tokens/s"] = static_cast<double>(tokens) / t;
-  state.counters["GFLOP/s"] = flops / t * 1e-9;
+  const double threads = Backend::threads();
+  state.counters["tokens/s"] = static_cast<double>(tokens) / t.wall;
+  state.counters["tokens/cpu_s"] = static_cast<double>(tokens) / (t.cpu / threads);
+  state.counters["GFLOP/cpu_s"] = flops / (t.cpu / threads) * 1e-9;
   state.counters["MFLOP/token"] = flops / static_cast<double>(tokens) * 1e-6;
   const auto it = seconds().find(dense);
   if (!dense.empty() && it != seconds().end()) {
-    state.counters["ratio_to_dense"] = t / it->second;
+    state.counters["ratio_wall"] = t.wall / it->second.wall;
+    state.counters["ratio_cpu"] = t.cpu / it->second.cpu;
     state.counters["goal"] = goal;
   }
 }
@@ -165,7 +185,7 @@ void bm_block(benchmark::State& state,
     }
   };
   body();  // warm-up: the workspace reaches its steady size
-  const double t = timed_loop(state, name, body);
+  const Times t = timed_loop(state, name, body);
   report(state, t, backward ? 3.0 * st.flops : st.flops, n, dense, goal);
 }
 
@@ -190,7 +210,7 @@ void bm_decode(benchmark::State& state,
     one.sequences = seq;
     return one;
   };
-  double total = 0;
+  Times total;
   for (auto _ : state) {
     state.PauseTiming();
     cache.reset();
@@ -202,14 +222,17 @@ void bm_decode(benchmark::State& state,
                  y.view().row_block(0, context));
     state.ResumeTiming();
     const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = cpu_now();
     for (std::int64_t t = context; t < context + steps; ++t) {
       layer.decode(b, in.x.view().row_block(t, 1), at(t, 1), cache, 0, y.view().row_block(t, 1));
     }
-    total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    total.cpu += cpu_now() - c0;
+    total.wall += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["tokens/s"] =
-      static_cast<double>(steps) * static_cast<double>(state.iterations()) / total;
+  const double tokens = static_cast<double>(steps) * static_cast<double>(state.iterations());
+  state.counters["tokens/s"] = tokens / total.wall;
+  state.counters["tokens/cpu_s"] = tokens / (total.cpu / Backend::threads());
   state.counters["cached"] = static_cast<double>(cache.length(0));
 }
 
