@@ -341,3 +341,43 @@ TEST_CASE("Decoder rejects bad token ids and mismatched modality counts", "[laye
   CHECK(three.modalities() == 3);
   CHECK(three.modality_of(45) == 2);
 }
+
+TEST_CASE("Aux routers train jointly with the gradient stopped into the model", "[layers][cpu]") {
+  using Model = Ds::ModMoma4t4i;  // aux routers for MoD and for expert choice
+  Cpu b;
+  Model model(mm::decoder_preset<Model>(shape()));
+  mm::ParamArena<double, Cpu> params, aux;
+  const auto grads = mm::bind_parameters(params, b, model);
+  const auto aux_grads = mm::bind_aux_parameters(aux, b, model);
+  const auto ids = tokens(21);
+  mm::Rng rng(22);
+  const auto dlogits = rng.normal_tensor<double>(n, vocab);
+  auto step = [&](bool fit_aux) {
+    params.zero_grad(b);
+    aux.zero_grad(b);
+    Model::Saved saved;
+    mm::Tensor<double> logits(n, vocab);
+    model.forward(b, {ids, seqs}, logits.view(), &saved);
+    mm::AuxRouterFit fit;
+    if (fit_aux) {
+      fit = model.aux_fit(b, saved, std::span<const mm::View<double>>(aux_grads));
+    }
+    model.backward(b, saved, dlogits.view(), std::span<const mm::View<double>>(grads));
+    std::vector<double> g(static_cast<std::size_t>(params.size()));
+    for (std::int64_t i = 0; i < params.size(); ++i) {
+      g[static_cast<std::size_t>(i)] = params.grads()(0, i);
+    }
+    return std::pair{g, fit};
+  };
+  const auto [alone, none] = step(false);
+  const auto [joint, fit] = step(true);
+  CHECK(joint == alone);  // the aux loss leaves every model gradient as it was
+  CHECK(none.pairs == 0);
+  // MoD (16 tokens, 1 output) + the 4t4i groups inside it (4 kept tokens) and in layer 1.
+  CHECK(fit.pairs == 16 + 4 * 4 + 16 * 4);
+  double norm = 0.0;
+  for (std::int64_t i = 0; i < aux.size(); ++i) {
+    norm += aux.grads()(0, i) * aux.grads()(0, i);
+  }
+  CHECK(norm > 0.0);
+}
