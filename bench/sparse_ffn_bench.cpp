@@ -1,21 +1,8 @@
 // bench/sparse_ffn_bench.cpp
 //
-// Forward of the sparse FFN for each router x dispatch scheme at MoMa-like shapes (d = 512,
-// hidden 1536, 4096 tokens, text/image 50/50 and 20/80; test/cases/sparse_ffn_cases.hpp), each
-// against the dense SwiGLU FFN of equal active FLOPs (run first, same binary: ratio_to_dense =
-// this run / the dense FFN's best run; ratio_interleaved = best of 5 alternating calls of each),
-// the routing + dispersion time alone (share_of_layer), and one large GEMM as yardstick. Routing
-// mode: batch top-k (training-time expert choice), no noise.
-#include <algorithm>
-#include <chrono>
-#include <cstdint>
-#include <map>
-#include <memory>
-#include <set>
-#include <string>
-#include <utility>
-#include <vector>
-
+// Sparse FFN forward, each router x dispatch at MoMa-like shapes (test/cases/sparse_ffn_cases.hpp),
+// against the dense SwiGLU FFN of equal active FLOPs (ratio_to_dense: vs its best run;
+// ratio_interleaved: best of 5 alternating calls), routing + dispersion alone, a large GEMM.
 #include <benchmark/benchmark.h>
 
 #include "bench_context.hpp"

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include <cstdint>
+
+#include <catch2/catch.hpp>
 
 #include <mmsparse/backend/workspace.hpp>
 

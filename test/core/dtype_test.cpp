@@ -1,8 +1,8 @@
-#include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdint>
 #include <limits>
+
+#include <catch2/catch.hpp>
 
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/rng.hpp>

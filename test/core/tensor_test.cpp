@@ -1,7 +1,7 @@
-#include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <utility>
+
+#include <catch2/catch.hpp>
 
 #include <mmsparse/core/tensor.hpp>
 
@@ -41,8 +41,8 @@ TEST_CASE("Tensor moves, and copies only through clone", "[core][cpu]") {
 
 TEST_CASE("Tensor rejects negative shapes and supports empty ones", "[core][cpu]") {
   REQUIRE_THROWS_AS(mm::Tensor<float>(-1, 2), mm::Error);
-  REQUIRE_THROWS_WITH(mm::Tensor<float>(2, -3), Catch::Contains("[Tensor] shape") &&
-                                                    Catch::Contains("[2, -3]"));
+  REQUIRE_THROWS_WITH(mm::Tensor<float>(2, -3),
+                      Catch::Contains("[Tensor] shape") && Catch::Contains("[2, -3]"));
   mm::Tensor<float> e(0, 16);
   REQUIRE(e.size() == 0);
   REQUIRE(e.view().empty());

@@ -24,9 +24,9 @@
 #include <span>
 #include <vector>
 
+#include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/workspace.hpp>
 
 namespace mmsparse {
 

@@ -30,7 +30,9 @@ class Workspace {
   Workspace() = default;
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
-  ~Workspace() { release_all(); }
+  ~Workspace() {
+    release_all();
+  }
 
   // RAII mark: buffers taken after it are returned when it ends.
   class Frame {
@@ -40,7 +42,9 @@ class Workspace {
     }
     Frame(const Frame&) = delete;
     Frame& operator=(const Frame&) = delete;
-    ~Frame() { ws_.pop(mark_, blocks_); }
+    ~Frame() {
+      ws_.pop(mark_, blocks_);
+    }
 
    private:
     Workspace& ws_;
@@ -48,7 +52,9 @@ class Workspace {
     std::size_t blocks_;
   };
 
-  [[nodiscard]] Frame frame() { return Frame(*this); }
+  [[nodiscard]] Frame frame() {
+    return Frame(*this);
+  }
 
   template <class U>
   [[nodiscard]] View<U, Space> take(std::int64_t rows, std::int64_t cols) {
@@ -74,9 +80,13 @@ class Workspace {
     return c;
   }
   // Largest number of bytes in use at once so far.
-  [[nodiscard]] std::size_t high_water() const { return high_water_; }
+  [[nodiscard]] std::size_t high_water() const {
+    return high_water_;
+  }
   // Number of allocations the arena has made (a steady-state forward adds none).
-  [[nodiscard]] std::int64_t allocations() const { return allocations_; }
+  [[nodiscard]] std::int64_t allocations() const {
+    return allocations_;
+  }
 
  private:
   struct Block {

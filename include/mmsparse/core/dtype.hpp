@@ -21,7 +21,9 @@ struct bf16 {
 
   constexpr bf16() = default;
   MMSPARSE_HOST_DEVICE explicit bf16(float f) : bits(from_float(f)) {}
-  MMSPARSE_HOST_DEVICE explicit operator float() const { return to_float(bits); }
+  MMSPARSE_HOST_DEVICE explicit operator float() const {
+    return to_float(bits);
+  }
 
   MMSPARSE_HOST_DEVICE static std::uint16_t from_float(float f) {
     std::uint32_t u;

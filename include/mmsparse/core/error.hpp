@@ -49,19 +49,19 @@ template <class Expected, class Actual>
 
 // Throws mmsparse::Error("[op] arg: expected <expected>, got <actual>") unless cond holds.
 // The message parts are evaluated only on failure.
-#define MMSPARSE_CHECK(cond, op, arg, expected, actual)                                \
-  do {                                                                                 \
-    if (!(cond)) {                                                                     \
+#define MMSPARSE_CHECK(cond, op, arg, expected, actual)                                     \
+  do {                                                                                      \
+    if (!(cond)) {                                                                          \
       throw ::mmsparse::Error(::mmsparse::detail::format_error(op, arg, expected, actual)); \
-    }                                                                                  \
+    }                                                                                       \
   } while (0)
 
 #if !defined(NDEBUG) || defined(MMSPARSE_ENABLE_ASSERTS)
-#define MMSPARSE_ASSERT(cond)                                        \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      ::mmsparse::detail::throw_assert(#cond, __FILE__, __LINE__);   \
-    }                                                                \
+#define MMSPARSE_ASSERT(cond)                                      \
+  do {                                                             \
+    if (!(cond)) {                                                 \
+      ::mmsparse::detail::throw_assert(#cond, __FILE__, __LINE__); \
+    }                                                              \
   } while (0)
 #else
 #define MMSPARSE_ASSERT(cond) \

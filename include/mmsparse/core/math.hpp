@@ -75,9 +75,10 @@ inline std::int64_t expert_choice_capacity(double capacity_factor,
   if (tokens == 0) {
     return 0;
   }
-  return clamp_i64(ceil_tolerant(capacity_factor * static_cast<double>(tokens) /
-                                 static_cast<double>(experts)),
-                   1, tokens);
+  return clamp_i64(
+      ceil_tolerant(capacity_factor * static_cast<double>(tokens) / static_cast<double>(experts)),
+      1,
+      tokens);
 }
 
 // Slots per expert under token choice with a capacity factor; dropless: every token fits.

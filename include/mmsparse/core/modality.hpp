@@ -26,8 +26,8 @@ inline void check_modality_ids(std::string_view op,
     const ModalityId m = modality[i];
     if (m < 0 || m >= num_modalities) {
       std::string arg = "modality[" + std::to_string(i) + "]";
-      throw Error(detail::format_error(
-          op, arg, "an id in [0, " + std::to_string(num_modalities) + ")", m));
+      throw Error(
+          detail::format_error(op, arg, "an id in [0, " + std::to_string(num_modalities) + ")", m));
     }
   }
 }

@@ -39,8 +39,12 @@ class Rng {
  public:
   explicit Rng(std::uint64_t seed) : seed_(seed) {}
 
-  double uniform() { return uniform_open(seed_, counter_++); }
-  double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+  double uniform() {
+    return uniform_open(seed_, counter_++);
+  }
+  double uniform(double lo, double hi) {
+    return lo + (hi - lo) * uniform();
+  }
   double normal() {  // Box-Muller
     const double u1 = uniform();
     const double u2 = uniform();

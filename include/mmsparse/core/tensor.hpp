@@ -36,7 +36,9 @@ struct SpaceAllocator<host_space> {
     }
     return p;
   }
-  static void deallocate(void* p) noexcept { std::free(p); }
+  static void deallocate(void* p) noexcept {
+    std::free(p);
+  }
 };
 
 template <class T, class Space = host_space>
@@ -47,18 +49,17 @@ class Tensor {
 
   Tensor() = default;
   Tensor(std::int64_t rows, std::int64_t cols) : rows_(rows), cols_(cols) {
-    MMSPARSE_CHECK(rows >= 0 && cols >= 0, "Tensor", "shape", "non-negative dims",
-                   (Shape{rows, cols}));
+    MMSPARSE_CHECK(
+        rows >= 0 && cols >= 0, "Tensor", "shape", "non-negative dims", (Shape{rows, cols}));
     data_ = static_cast<T*>(SpaceAllocator<Space>::allocate(bytes()));
   }
   explicit Tensor(Shape s) : Tensor(s.rows, s.cols) {}
   // A host tensor holding `values` as a [values.size(), 1] column or, with cols, [n/cols, cols].
-  static Tensor from(const std::vector<T>& values, std::int64_t cols = 1)
-    requires std::is_same_v<Space, host_space>
-  {
+  static Tensor from(const std::vector<T>& values,
+                     std::int64_t cols = 1) requires std::is_same_v<Space, host_space> {
     const auto n = static_cast<std::int64_t>(values.size());
-    MMSPARSE_CHECK(cols > 0 && n % cols == 0, "Tensor::from", "cols",
-                   "a divisor of the value count", cols);
+    MMSPARSE_CHECK(
+        cols > 0 && n % cols == 0, "Tensor::from", "cols", "a divisor of the value count", cols);
     Tensor t(n / cols, cols);
     std::copy(values.begin(), values.end(), t.data());
     return t;
@@ -79,56 +80,71 @@ class Tensor {
     }
     return *this;
   }
-  ~Tensor() { release(); }
+  ~Tensor() {
+    release();
+  }
 
-  [[nodiscard]] T* data() { return data_; }
-  [[nodiscard]] const T* data() const { return data_; }
-  [[nodiscard]] std::int64_t rows() const { return rows_; }
-  [[nodiscard]] std::int64_t cols() const { return cols_; }
-  [[nodiscard]] std::int64_t size() const { return rows_ * cols_; }
-  [[nodiscard]] Shape shape() const { return {rows_, cols_}; }
+  [[nodiscard]] T* data() {
+    return data_;
+  }
+  [[nodiscard]] const T* data() const {
+    return data_;
+  }
+  [[nodiscard]] std::int64_t rows() const {
+    return rows_;
+  }
+  [[nodiscard]] std::int64_t cols() const {
+    return cols_;
+  }
+  [[nodiscard]] std::int64_t size() const {
+    return rows_ * cols_;
+  }
+  [[nodiscard]] Shape shape() const {
+    return {rows_, cols_};
+  }
   [[nodiscard]] std::size_t bytes() const {
     return static_cast<std::size_t>(size()) * sizeof(T);
   }
 
-  [[nodiscard]] View<T, Space> view() { return {data_, rows_, cols_}; }
-  [[nodiscard]] View<const T, Space> view() const { return {data_, rows_, cols_}; }
-  [[nodiscard]] Span<T, Space> span() { return {data_, size()}; }
-  [[nodiscard]] Span<const T, Space> span() const { return {data_, size()}; }
-  operator View<T, Space>() { return view(); }              // NOLINT
-  operator View<const T, Space>() const { return view(); }  // NOLINT
+  [[nodiscard]] View<T, Space> view() {
+    return {data_, rows_, cols_};
+  }
+  [[nodiscard]] View<const T, Space> view() const {
+    return {data_, rows_, cols_};
+  }
+  [[nodiscard]] Span<T, Space> span() {
+    return {data_, size()};
+  }
+  [[nodiscard]] Span<const T, Space> span() const {
+    return {data_, size()};
+  }
+  operator View<T, Space>() {
+    return view();
+  }  // NOLINT
+  operator View<const T, Space>() const {
+    return view();
+  }  // NOLINT
 
-  T& operator()(std::int64_t i, std::int64_t j)
-    requires std::is_same_v<Space, host_space>
-  {
+  T& operator()(std::int64_t i, std::int64_t j) requires std::is_same_v<Space, host_space> {
     return data_[i * cols_ + j];
   }
-  const T& operator()(std::int64_t i, std::int64_t j) const
-    requires std::is_same_v<Space, host_space>
-  {
+  const T& operator()(std::int64_t i,
+                      std::int64_t j) const requires std::is_same_v<Space, host_space> {
     return data_[i * cols_ + j];
   }
-  T& operator[](std::int64_t i)
-    requires std::is_same_v<Space, host_space>
-  {
+  T& operator[](std::int64_t i) requires std::is_same_v<Space, host_space> {
     return data_[i];
   }
-  const T& operator[](std::int64_t i) const
-    requires std::is_same_v<Space, host_space>
-  {
+  const T& operator[](std::int64_t i) const requires std::is_same_v<Space, host_space> {
     return data_[i];
   }
 
-  [[nodiscard]] Tensor clone() const
-    requires std::is_same_v<Space, host_space>
-  {
+  [[nodiscard]] Tensor clone() const requires std::is_same_v<Space, host_space> {
     Tensor t(rows_, cols_);
     std::copy(data_, data_ + size(), t.data_);
     return t;
   }
-  void fill(T value)
-    requires std::is_same_v<Space, host_space>
-  {
+  void fill(T value) requires std::is_same_v<Space, host_space> {
     std::fill(data_, data_ + size(), value);
   }
 

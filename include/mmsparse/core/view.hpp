@@ -46,12 +46,22 @@ struct View {
   constexpr View(const View<U, Space>& v)  // NOLINT(google-explicit-constructor)
       : data(v.data), rows(v.rows), cols(v.cols), stride(v.stride) {}
 
-  [[nodiscard]] constexpr Shape shape() const { return {rows, cols}; }
-  [[nodiscard]] constexpr std::int64_t size() const { return rows * cols; }
-  [[nodiscard]] constexpr bool empty() const { return rows == 0 || cols == 0; }
-  [[nodiscard]] constexpr bool contiguous() const { return stride == cols || rows <= 1; }
+  [[nodiscard]] constexpr Shape shape() const {
+    return {rows, cols};
+  }
+  [[nodiscard]] constexpr std::int64_t size() const {
+    return rows * cols;
+  }
+  [[nodiscard]] constexpr bool empty() const {
+    return rows == 0 || cols == 0;
+  }
+  [[nodiscard]] constexpr bool contiguous() const {
+    return stride == cols || rows <= 1;
+  }
 
-  MMSPARSE_HOST_DEVICE T* row(std::int64_t i) const { return data + i * stride; }
+  MMSPARSE_HOST_DEVICE T* row(std::int64_t i) const {
+    return data + i * stride;
+  }
   MMSPARSE_HOST_DEVICE T& operator()(std::int64_t i, std::int64_t j) const {
     return data[i * stride + j];
   }
@@ -80,21 +90,23 @@ struct Span {
   constexpr Span(const Span<U, Space>& s)  // NOLINT(google-explicit-constructor)
       : data(s.data), size(s.size) {}
 
-  [[nodiscard]] constexpr bool empty() const { return size == 0; }
-  MMSPARSE_HOST_DEVICE T& operator[](std::int64_t i) const { return data[i]; }
+  [[nodiscard]] constexpr bool empty() const {
+    return size == 0;
+  }
+  MMSPARSE_HOST_DEVICE T& operator[](std::int64_t i) const {
+    return data[i];
+  }
   [[nodiscard]] constexpr Span subspan(std::int64_t begin, std::int64_t count) const {
     return Span(data + begin, count);
   }
   // The same memory as a [size, 1] column.
-  [[nodiscard]] constexpr View<T, Space> as_column() const { return View<T, Space>(data, size, 1); }
-  T* begin() const
-    requires std::is_same_v<Space, host_space>
-  {
+  [[nodiscard]] constexpr View<T, Space> as_column() const {
+    return View<T, Space>(data, size, 1);
+  }
+  T* begin() const requires std::is_same_v<Space, host_space> {
     return data;
   }
-  T* end() const
-    requires std::is_same_v<Space, host_space>
-  {
+  T* end() const requires std::is_same_v<Space, host_space> {
     return data + size;
   }
 };

@@ -1,7 +1,7 @@
-#include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/core/rng.hpp>
@@ -12,8 +12,12 @@ namespace {
 
 // Naive C = A op(B) in double.
 template <class T>
-double naive_entry(const mm::Tensor<T>& a, std::int64_t i, mm::View<const T> w, mm::Trans tw,
-                   std::int64_t j, std::int64_t k) {
+double naive_entry(const mm::Tensor<T>& a,
+                   std::int64_t i,
+                   mm::View<const T> w,
+                   mm::Trans tw,
+                   std::int64_t j,
+                   std::int64_t k) {
   double s = 0;
   for (std::int64_t p = 0; p < k; ++p) {
     const double wv = tw == mm::Trans::no ? w(p, j) : w(j, p);
@@ -32,8 +36,10 @@ TEST_CASE("gemm covers every transpose combination, alpha and beta", "[backend][
   const std::int64_t k = 9;
   for (auto ta : {mm::Trans::no, mm::Trans::yes}) {
     for (auto tb : {mm::Trans::no, mm::Trans::yes}) {
-      auto a = ta == mm::Trans::no ? rng.normal_tensor<double>(m, k) : rng.normal_tensor<double>(k, m);
-      auto bb = tb == mm::Trans::no ? rng.normal_tensor<double>(k, n) : rng.normal_tensor<double>(n, k);
+      auto a =
+          ta == mm::Trans::no ? rng.normal_tensor<double>(m, k) : rng.normal_tensor<double>(k, m);
+      auto bb =
+          tb == mm::Trans::no ? rng.normal_tensor<double>(k, n) : rng.normal_tensor<double>(n, k);
       auto c = rng.normal_tensor<double>(m, n);
       auto c0 = c.clone();
       b.gemm(c.view(), mm::View<const double>(a), ta, mm::View<const double>(bb), tb, 0.5, -2.0);
@@ -41,7 +47,8 @@ TEST_CASE("gemm covers every transpose combination, alpha and beta", "[backend][
         for (std::int64_t j = 0; j < n; ++j) {
           double s = 0;
           for (std::int64_t p = 0; p < k; ++p) {
-            s += (ta == mm::Trans::no ? a(i, p) : a(p, i)) * (tb == mm::Trans::no ? bb(p, j) : bb(j, p));
+            s += (ta == mm::Trans::no ? a(i, p) : a(p, i)) *
+                 (tb == mm::Trans::no ? bb(p, j) : bb(j, p));
           }
           REQUIRE(c(i, j) == Approx(0.5 * s - 2.0 * c0(i, j)).epsilon(1e-12));
         }
@@ -83,8 +90,8 @@ TEST_CASE("grouped_gemm_weight_grad accumulates A_e^T B_e per block", "[backend]
   auto g = rng.normal_tensor<double>(9, 2);
   auto w = rng.normal_tensor<double>(3 * 3, 2);
   auto w0 = w.clone();
-  b.grouped_gemm_weight_grad(w.view(), mm::View<const double>(a), mm::View<const double>(g),
-                             offsets, 1.0, 1.0);
+  b.grouped_gemm_weight_grad(
+      w.view(), mm::View<const double>(a), mm::View<const double>(g), offsets, 1.0, 1.0);
   for (std::int64_t e = 0; e < 3; ++e) {
     for (std::int64_t p = 0; p < 3; ++p) {
       for (std::int64_t j = 0; j < 2; ++j) {

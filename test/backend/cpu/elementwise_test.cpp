@@ -1,7 +1,7 @@
-#include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdint>
+
+#include <catch2/catch.hpp>
 
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/core/rng.hpp>
@@ -52,7 +52,10 @@ TEST_CASE("swiglu and its backward match finite differences", "[backend][cpu]") 
   b.swiglu(h.view(), mm::View<const double>(a), mm::View<const double>(g));
   mm::Tensor<double> da(5, 7);
   mm::Tensor<double> dg(5, 7);
-  b.swiglu_backward(da.view(), dg.view(), mm::View<const double>(dh), mm::View<const double>(a),
+  b.swiglu_backward(da.view(),
+                    dg.view(),
+                    mm::View<const double>(dh),
+                    mm::View<const double>(a),
                     mm::View<const double>(g));
   const double eps = 1e-6;
   for (std::int64_t i = 0; i < 5; ++i) {

@@ -1,7 +1,7 @@
-#include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/core/rng.hpp>
@@ -15,7 +15,8 @@ TEST_CASE("gather_rows copies indexed rows and zeroes padding rows", "[backend][
   std::vector<std::int32_t> index = {3, -1, 0, 3, 6};
   mm::Tensor<float> dst(5, 5);
   dst.fill(9.0f);
-  b.gather_rows(dst.view(), mm::View<const float>(src), mm::Span<const std::int32_t>(index.data(), 5));
+  b.gather_rows(
+      dst.view(), mm::View<const float>(src), mm::Span<const std::int32_t>(index.data(), 5));
   for (std::int64_t r = 0; r < 5; ++r) {
     for (std::int64_t j = 0; j < 5; ++j) {
       const float want = index[r] < 0 ? 0.0f : src(index[r], j);
@@ -46,7 +47,8 @@ TEST_CASE("scatter_add_rows sums weighted rows into their tokens", "[backend][cp
       }
     }
   }
-  b.scatter_add_rows(dst.view(), mm::View<const double>(src),
+  b.scatter_add_rows(dst.view(),
+                     mm::View<const double>(src),
                      mm::Span<const std::int32_t>(index.data(), rows),
                      mm::Span<const double>(w.data(), rows));
   for (std::int64_t i = 0; i < n; ++i) {
@@ -71,7 +73,8 @@ TEST_CASE("scatter_add_rows is bitwise deterministic across thread counts", "[ba
     mm::CpuBackend<float> b({.threads = threads});
     mm::Tensor<float> dst(5, d);
     dst.fill(0.0f);
-    b.scatter_add_rows(dst.view(), mm::View<const float>(src),
+    b.scatter_add_rows(dst.view(),
+                       mm::View<const float>(src),
                        mm::Span<const std::int32_t>(index.data(), rows),
                        mm::Span<const float>(w.data(), rows));
     return dst;
@@ -90,8 +93,10 @@ TEST_CASE("gathered_row_dot takes the dot product with the indexed row", "[backe
   auto y = rng.normal_tensor<double>(4, 11);
   std::vector<std::int32_t> index = {0, 3, -1, 2, 2, 1};
   std::vector<double> out(6);
-  b.gathered_row_dot(mm::Span<double>(out.data(), 6), mm::View<const double>(a),
-                     mm::View<const double>(y), mm::Span<const std::int32_t>(index.data(), 6));
+  b.gathered_row_dot(mm::Span<double>(out.data(), 6),
+                     mm::View<const double>(a),
+                     mm::View<const double>(y),
+                     mm::Span<const std::int32_t>(index.data(), 6));
   for (std::int64_t r = 0; r < 6; ++r) {
     double want = 0;
     if (index[r] >= 0) {
@@ -116,11 +121,14 @@ TEST_CASE("gather_values and scatter_values move 1-D values through an index map
   CHECK(dst == std::vector<std::int32_t>{12, -1, 10, 13, -1});
   const std::vector<float> values = {0.5f, 1.5f, 2.5f, 3.5f, 4.5f};
   std::vector<float> out(4, -2.0f);
-  b.scatter_values(mm::Span<float>(out.data(), 4), mm::Span<const float>(values.data(), 5),
+  b.scatter_values(mm::Span<float>(out.data(), 4),
+                   mm::Span<const float>(values.data(), 5),
                    mm::Span<const std::int32_t>(index.data(), 5));
   CHECK(out == std::vector<float>{2.5f, -2.0f, 0.5f, 3.5f});  // index 1 never named: untouched
   std::vector<float> gathered(5, 7.0f);
-  b.gather_values(mm::Span<float>(gathered.data(), 5), mm::Span<const float>(out.data(), 4),
-                  mm::Span<const std::int32_t>(index.data(), 5), 0.0f);
+  b.gather_values(mm::Span<float>(gathered.data(), 5),
+                  mm::Span<const float>(out.data(), 4),
+                  mm::Span<const std::int32_t>(index.data(), 5),
+                  0.0f);
   CHECK(gathered == std::vector<float>{0.5f, 0.0f, 2.5f, 3.5f, 0.0f});
 }

@@ -1,7 +1,7 @@
-#include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/core/rng.hpp>
@@ -25,8 +25,10 @@ TEST_CASE("bucket_sort is a stable counting sort that drops negative keys", "[ba
   }
   std::vector<std::int32_t> order(n, -7);
   std::vector<std::int64_t> offsets;
-  b.bucket_sort(mm::Span<std::int32_t>(order.data(), n), offsets,
-                mm::Span<const std::int32_t>(keys.data(), n), buckets);
+  b.bucket_sort(mm::Span<std::int32_t>(order.data(), n),
+                offsets,
+                mm::Span<const std::int32_t>(keys.data(), n),
+                buckets);
   REQUIRE(offsets.size() == buckets + 1);
   REQUIRE(offsets[0] == 0);
   REQUIRE(offsets[3] == offsets[4]);  // empty bucket

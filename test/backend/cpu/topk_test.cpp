@@ -1,9 +1,9 @@
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/core/rng.hpp>
@@ -22,8 +22,7 @@ std::vector<std::int32_t> ranked(const std::vector<double>& s) {
 
 }  // namespace
 
-TEST_CASE("topk_rows picks each row's k best, best first, lower index on ties",
-          "[backend][cpu]") {
+TEST_CASE("topk_rows picks each row's k best, best first, lower index on ties", "[backend][cpu]") {
   mm::CpuBackend<double> b;
   mm::Rng rng(5);
   const std::int64_t n = 50;
@@ -35,8 +34,10 @@ TEST_CASE("topk_rows picks each row's k best, best first, lower index on ties",
   for (std::int64_t k : {1, 2, 7}) {
     std::vector<std::int32_t> idx(n * k);
     std::vector<double> val(n * k);
-    b.topk_rows(mm::Span<std::int32_t>(idx.data(), n * k), mm::Span<double>(val.data(), n * k),
-                mm::View<const double>(scores), k);
+    b.topk_rows(mm::Span<std::int32_t>(idx.data(), n * k),
+                mm::Span<double>(val.data(), n * k),
+                mm::View<const double>(scores),
+                k);
     for (std::int64_t t = 0; t < n; ++t) {
       std::vector<double> row(scores.data() + t * e, scores.data() + (t + 1) * e);
       auto want = ranked(row);

@@ -16,7 +16,6 @@
 
 #include <Eigen/Core>
 
-#include <mmsparse/core/error.hpp>
 #include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/backend/cpu/attention.hpp>
 #include <mmsparse/backend/cpu/eigen_gemm.hpp>
@@ -27,6 +26,7 @@
 #include <mmsparse/backend/cpu/router_kernels.hpp>
 #include <mmsparse/backend/cpu/sort.hpp>
 #include <mmsparse/backend/cpu/topk.hpp>
+#include <mmsparse/core/error.hpp>
 #if defined(MMSPARSE_WITH_ONEDNN)
 #include <mmsparse/backend/cpu/onednn_gemm.hpp>
 #endif
@@ -65,8 +65,12 @@ class CpuBackend {
   CpuBackend(const CpuBackend&) = delete;
   CpuBackend& operator=(const CpuBackend&) = delete;
 
-  [[nodiscard]] Workspace<host_space>& workspace() { return workspace_; }
-  [[nodiscard]] Gemm& gemm_provider_instance() { return gemm_; }
+  [[nodiscard]] Workspace<host_space>& workspace() {
+    return workspace_;
+  }
+  [[nodiscard]] Gemm& gemm_provider_instance() {
+    return gemm_;
+  }
   [[nodiscard]] static int threads() {
 #if defined(_OPENMP)
     return omp_get_max_threads();
@@ -79,7 +83,12 @@ class CpuBackend {
 
   // C = alpha * op(A) op(B) + beta * C
   template <class U>
-  void gemm(View<U> c, View<const U> a, Trans ta, View<const U> b, Trans tb, double alpha = 1.0,
+  void gemm(View<U> c,
+            View<const U> a,
+            Trans ta,
+            View<const U> b,
+            Trans tb,
+            double alpha = 1.0,
             double beta = 0.0) {
     gemm_.gemm(c, a, ta, b, tb, alpha, beta);
   }
@@ -87,8 +96,13 @@ class CpuBackend {
   // For each expert e: C_e = alpha * A_e op(W_e) + beta * C_e, where X_e are rows
   // [offsets[e], offsets[e+1]) and W_e is block e of the stacked weight w [E * wr, wc].
   template <class U>
-  void grouped_gemm(View<U> c, View<const U> a, View<const U> w, Trans tw, SegmentOffsets offsets,
-                    double alpha = 1.0, double beta = 0.0) {
+  void grouped_gemm(View<U> c,
+                    View<const U> a,
+                    View<const U> w,
+                    Trans tw,
+                    SegmentOffsets offsets,
+                    double alpha = 1.0,
+                    double beta = 0.0) {
     if constexpr (requires { gemm_.grouped_gemm(c, a, w, tw, offsets, alpha, beta); }) {
       gemm_.grouped_gemm(c, a, w, tw, offsets, alpha, beta);  // may multiply packed weights
       return;
@@ -101,15 +115,24 @@ class CpuBackend {
       if (count == 0) {
         continue;
       }
-      gemm_.gemm(c.row_block(begin, count), a.row_block(begin, count), Trans::no,
-                 w.row_block(e * block, block), tw, alpha, beta);
+      gemm_.gemm(c.row_block(begin, count),
+                 a.row_block(begin, count),
+                 Trans::no,
+                 w.row_block(e * block, block),
+                 tw,
+                 alpha,
+                 beta);
     }
   }
 
   // For each expert e: W_e = alpha * A_e^T B_e + beta * W_e (the weight gradient of grouped_gemm).
   template <class U>
-  void grouped_gemm_weight_grad(View<U> w, View<const U> a, View<const U> b,
-                                SegmentOffsets offsets, double alpha = 1.0, double beta = 1.0) {
+  void grouped_gemm_weight_grad(View<U> w,
+                                View<const U> a,
+                                View<const U> b,
+                                SegmentOffsets offsets,
+                                double alpha = 1.0,
+                                double beta = 1.0) {
     if constexpr (requires { gemm_.grouped_gemm_weight_grad(w, a, b, offsets, alpha, beta); }) {
       gemm_.grouped_gemm_weight_grad(w, a, b, offsets, alpha, beta);
       return;
@@ -126,8 +149,13 @@ class CpuBackend {
         }
         continue;
       }
-      gemm_.gemm(we, a.row_block(begin, count), Trans::yes, b.row_block(begin, count), Trans::no,
-                 alpha, beta);
+      gemm_.gemm(we,
+                 a.row_block(begin, count),
+                 Trans::yes,
+                 b.row_block(begin, count),
+                 Trans::no,
+                 alpha,
+                 beta);
     }
   }
 
@@ -153,12 +181,16 @@ class CpuBackend {
     cpu::gather_rows(dst, src, index);
   }
   template <class U, class W>
-  void scatter_add_rows(View<U> dst, View<const U> src, Span<const std::int32_t> index,
+  void scatter_add_rows(View<U> dst,
+                        View<const U> src,
+                        Span<const std::int32_t> index,
                         Span<const W> weight) {
     cpu::scatter_add_rows(dst, src, index, weight);
   }
   template <class W, class U>
-  void gathered_row_dot(Span<W> out, View<const U> a, View<const U> b,
+  void gathered_row_dot(Span<W> out,
+                        View<const U> a,
+                        View<const U> b,
                         Span<const std::int32_t> index) {
     cpu::gathered_row_dot(out, a, b, index);
   }
@@ -181,15 +213,20 @@ class CpuBackend {
   void topk_cols(Span<std::int32_t> index, View<const W> scores, std::int64_t c) {
     cpu::topk_cols(index, scores, c);
   }
-  void bucket_sort(Span<std::int32_t> order, std::vector<std::int64_t>& offsets,
-                   Span<const std::int32_t> keys, std::int64_t buckets) {
+  void bucket_sort(Span<std::int32_t> order,
+                   std::vector<std::int64_t>& offsets,
+                   Span<const std::int32_t> keys,
+                   std::int64_t buckets) {
     cpu::bucket_sort(order, offsets, keys, buckets);
   }
-  void pad_segments(Span<std::int32_t> slot, SegmentOffsets dst_offsets,
+  void pad_segments(Span<std::int32_t> slot,
+                    SegmentOffsets dst_offsets,
                     SegmentOffsets src_offsets) {
     cpu::pad_segments(slot, dst_offsets, src_offsets);
   }
-  void dense_slots(Span<std::int32_t> grid, Span<const std::int32_t> key, SegmentOffsets offsets,
+  void dense_slots(Span<std::int32_t> grid,
+                   Span<const std::int32_t> key,
+                   SegmentOffsets offsets,
                    std::int64_t n) {
     cpu::dense_slots(grid, key, offsets, n);
   }
@@ -204,8 +241,11 @@ class CpuBackend {
     return cpu::find_nonfinite(x);
   }
   template <class W>
-  void add_logistic_noise(View<W> y, Span<const std::int32_t> row_id, std::uint64_t seed,
-                          std::int64_t row_stride, std::int64_t col_offset) {
+  void add_logistic_noise(View<W> y,
+                          Span<const std::int32_t> row_id,
+                          std::uint64_t seed,
+                          std::int64_t row_stride,
+                          std::int64_t col_offset) {
     cpu::add_logistic_noise(y, row_id, seed, row_stride, col_offset);
   }
   template <class W>
@@ -232,7 +272,9 @@ class CpuBackend {
   void transpose(View<U> dst, View<const U> src) {
     cpu::transpose(dst, src);
   }
-  void map_index(Span<std::int32_t> out, Span<const std::int32_t> in, std::int64_t divisor,
+  void map_index(Span<std::int32_t> out,
+                 Span<const std::int32_t> in,
+                 std::int64_t divisor,
                  std::int64_t offset) {
     cpu::map_index(out, in, divisor, offset);
   }
@@ -280,8 +322,7 @@ class CpuBackend {
     cpu::swiglu(h, a, g);
   }
   template <class U>
-  void swiglu_backward(View<U> da, View<U> dg, View<const U> dh, View<const U> a,
-                       View<const U> g) {
+  void swiglu_backward(View<U> da, View<U> dg, View<const U> dh, View<const U> a, View<const U> g) {
     cpu::swiglu_backward(da, dg, dh, a, g);
   }
 
@@ -292,52 +333,79 @@ class CpuBackend {
     cpu::rms_norm(y, rstd, x, w, eps);
   }
   template <class U>
-  void rms_norm_backward(View<U> dx, View<U> dw, View<const U> dy, View<const U> x,
-                         View<const U> w, Span<const accum_t<U>> rstd) {
+  void rms_norm_backward(View<U> dx,
+                         View<U> dw,
+                         View<const U> dy,
+                         View<const U> x,
+                         View<const U> w,
+                         Span<const accum_t<U>> rstd) {
     cpu::rms_norm_backward(dx, dw, dy, x, w, rstd);
   }
   template <class U>
-  void layer_norm(View<U> y, Span<accum_t<U>> mean, Span<accum_t<U>> rstd, View<const U> x,
-                  View<const U> w, View<const U> bias, double eps) {
+  void layer_norm(View<U> y,
+                  Span<accum_t<U>> mean,
+                  Span<accum_t<U>> rstd,
+                  View<const U> x,
+                  View<const U> w,
+                  View<const U> bias,
+                  double eps) {
     cpu::layer_norm(y, mean, rstd, x, w, bias, eps);
   }
   template <class U>
-  void layer_norm_backward(View<U> dx, View<U> dw, View<U> dbias, View<const U> dy,
-                           View<const U> x, View<const U> w, Span<const accum_t<U>> mean,
+  void layer_norm_backward(View<U> dx,
+                           View<U> dw,
+                           View<U> dbias,
+                           View<const U> dy,
+                           View<const U> x,
+                           View<const U> w,
+                           Span<const accum_t<U>> mean,
                            Span<const accum_t<U>> rstd) {
     cpu::layer_norm_backward(dx, dw, dbias, dy, x, w, mean, rstd);
   }
   template <class U>
-  void cross_entropy(Span<accum_t<U>> loss, Span<accum_t<U>> lse, View<const U> logits,
+  void cross_entropy(Span<accum_t<U>> loss,
+                     Span<accum_t<U>> lse,
+                     View<const U> logits,
                      Span<const std::int32_t> target) {
     cpu::cross_entropy(loss, lse, logits, target);
   }
   template <class U>
-  void cross_entropy_backward(View<U> dlogits, View<const U> logits, Span<const accum_t<U>> lse,
-                              Span<const std::int32_t> target, double scale) {
+  void cross_entropy_backward(View<U> dlogits,
+                              View<const U> logits,
+                              Span<const accum_t<U>> lse,
+                              Span<const std::int32_t> target,
+                              double scale) {
     cpu::cross_entropy_backward(dlogits, logits, lse, target, scale);
   }
 
   // ---- attention (backward passes overwrite; in place allowed) --------------
 
   template <class U>
-  void rope(View<U> y, View<const U> x, Span<const std::int32_t> positions, std::int64_t head_dim,
+  void rope(View<U> y,
+            View<const U> x,
+            Span<const std::int32_t> positions,
+            std::int64_t head_dim,
             double theta) {
     cpu::rope_rotate(y, x, positions, head_dim, theta, /*inverse=*/false);
   }
   template <class U>
-  void rope_backward(View<U> dx, View<const U> dy, Span<const std::int32_t> positions,
-                     std::int64_t head_dim, double theta) {
+  void rope_backward(View<U> dx,
+                     View<const U> dy,
+                     Span<const std::int32_t> positions,
+                     std::int64_t head_dim,
+                     double theta) {
     cpu::rope_rotate(dx, dy, positions, head_dim, theta, /*inverse=*/true);
   }
   template <class U>
-  void masked_softmax_rows(View<U> y, View<const U> x, Span<const std::int32_t> limit,
+  void masked_softmax_rows(View<U> y,
+                           View<const U> x,
+                           Span<const std::int32_t> limit,
                            double scale) {
     cpu::masked_softmax_rows(y, x, limit, scale);
   }
   template <class U>
-  void masked_softmax_rows_backward(View<U> dx, View<const U> y, View<const U> dy,
-                                    Span<const std::int32_t> limit, double scale) {
+  void masked_softmax_rows_backward(
+      View<U> dx, View<const U> y, View<const U> dy, Span<const std::int32_t> limit, double scale) {
     cpu::masked_softmax_rows_backward(dx, y, dy, limit, scale);
   }
 

@@ -12,9 +12,9 @@
 
 #include <Eigen/Core>
 
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/view.hpp>
-#include <mmsparse/backend/concepts.hpp>
 
 namespace mmsparse::cpu {
 
@@ -23,8 +23,8 @@ using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajo
 
 template <class T>
 auto eigen_map(View<T> v) {
-  using M = std::conditional_t<std::is_const_v<T>, const RowMajor<std::remove_const_t<T>>,
-                               RowMajor<T>>;
+  using M =
+      std::conditional_t<std::is_const_v<T>, const RowMajor<std::remove_const_t<T>>, RowMajor<T>>;
   return Eigen::Map<M, Eigen::Unaligned, Eigen::OuterStride<>>(
       v.data, v.rows, v.cols, Eigen::OuterStride<>(v.stride));
 }
@@ -107,8 +107,13 @@ struct EigenGemm {
     RowMajor<float> B = widen(b);
     RowMajor<float> C = widen(View<const bf16>(c));
     View<float> cv(C.data(), C.rows(), C.cols());
-    gemm<float>(cv, View<const float>(A.data(), A.rows(), A.cols()), ta,
-                View<const float>(B.data(), B.rows(), B.cols()), tb, alpha, beta);
+    gemm<float>(cv,
+                View<const float>(A.data(), A.rows(), A.cols()),
+                ta,
+                View<const float>(B.data(), B.rows(), B.cols()),
+                tb,
+                alpha,
+                beta);
     for (std::int64_t i = 0; i < c.rows; ++i) {
       for (std::int64_t j = 0; j < c.cols; ++j) {
         c(i, j) = bf16(C(i, j));

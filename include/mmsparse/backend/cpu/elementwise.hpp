@@ -27,7 +27,8 @@ void for_each_row(std::int64_t rows, std::int64_t cols, F&& f) {
 
 template <class T>
 void fill(View<T> y, T value) {
-  for_each_row<T>(y.rows, y.cols, [&](std::int64_t i) { std::fill(y.row(i), y.row(i) + y.cols, value); });
+  for_each_row<T>(
+      y.rows, y.cols, [&](std::int64_t i) { std::fill(y.row(i), y.row(i) + y.cols, value); });
 }
 
 template <class To, class From>

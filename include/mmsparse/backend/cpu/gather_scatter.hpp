@@ -66,7 +66,10 @@ void scatter_add_rows(View<T> dst,
 }
 
 template <class W, class T>
-void gathered_row_dot(Span<W> out, View<const T> a, View<const T> b, Span<const std::int32_t> index) {
+void gathered_row_dot(Span<W> out,
+                      View<const T> a,
+                      View<const T> b,
+                      Span<const std::int32_t> index) {
   using A = accum_t<T>;
   const std::int64_t cols = a.cols;
 #pragma omp parallel for schedule(static) if (a.rows * cols > parallel_min_work)

@@ -26,10 +26,10 @@ void topk_rows(Span<std::int32_t> index, Span<W> value, View<const W> scores, st
     std::vector<std::int32_t> order(static_cast<std::size_t>(e));
     std::iota(order.begin(), order.end(), 0);
     const W* s = scores.row(t);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [s](std::int32_t a, std::int32_t b) {
-                        return s[a] > s[b] || (s[a] == s[b] && a < b);
-                      });
+    std::partial_sort(
+        order.begin(), order.begin() + k, order.end(), [s](std::int32_t a, std::int32_t b) {
+          return s[a] > s[b] || (s[a] == s[b] && a < b);
+        });
     for (std::int64_t j = 0; j < k; ++j) {
       index[t * k + j] = order[static_cast<std::size_t>(j)];
       value[t * k + j] = s[order[static_cast<std::size_t>(j)]];
