@@ -309,6 +309,9 @@ class SafetensorsFile {
   // Copies staged file bytes (dense row-major) into a strided destination.
   static void scatter(const std::vector<std::byte>& staged, const NamedTensorView& dst) {
     const std::int64_t row_bytes = dst.cols * dst.element_bytes();
+    if (row_bytes == 0) {
+      return;  // an empty tensor has nothing to copy (and possibly no storage)
+    }
     for (std::int64_t r = 0; r < dst.rows; ++r) {
       std::memcpy(dst.data + r * dst.stride * dst.element_bytes(),
                   staged.data() + r * row_bytes,
