@@ -57,7 +57,8 @@ void experts_forward(B& b,
 
 // Backward over segments, given dout = dL/do [R, d] and the forward's x, a, g.
 // dx [R, d] gets dL/dx (written, or added with accumulate_dx); the weight gradients are always
-// added (+=) into `grads`. Scratch [R, f] x 3 comes from the backend's workspace.
+// added (+=) into `grads`. Scratch [R, f] x 3 comes from the backend's workspace. Without
+// accumulate_dx, dx may be x's own memory: x is last read before dx is first written.
 template <backend B>
 void experts_backward(B& b,
                       View<typename B::scalar, typename B::space> dx,

@@ -296,9 +296,8 @@ class SparseFfnPart {
       detail::saved_rms_backward(b, du, dnorm, ddelta, detail::cv(norm_w_), saved.out_norm);
       dcomb = du;
     }
-    auto xg = b.workspace().template take<T>(rows, d);    // [R, d]
+    auto xg = b.workspace().template take<T>(rows, d);    // [R, d] gathered x, then its gradient
     auto dout = b.workspace().template take<T>(rows, d);  // [R, d]
-    auto dxg = b.workspace().template take<T>(rows, d);   // [R, d]
     auto dgate = b.workspace().template take_span<W>(saved.plan.slots());
     dispatch_gather(b, xg, View<const T, S>(saved.x.view()), layout);
     dispatch_combine_backward(
@@ -312,7 +311,7 @@ class SparseFfnPart {
       dexp = d_o;
     }
     experts_backward(b,
-                     dxg,
+                     xg,  // dL/d(gathered x) overwrites the gathered x once it is spent
                      ExpertGrads<T, S>{grads[1], grads[2], grads[3]},
                      dexp,
                      detail::cv(xg),
@@ -326,7 +325,7 @@ class SparseFfnPart {
       dxin = b.workspace().template take<T>(n, d);
       b.fill(dxin, T{});
     }
-    dispatch_gather_backward(b, dxin, detail::cv(dxg), layout);
+    dispatch_gather_backward(b, dxin, detail::cv(xg), layout);
     ffn_.router().backward(b,
                            route_args(saved.x.view(), saved.modality.span(), saved.route),
                            saved.router,

@@ -275,14 +275,13 @@ class SparseFfn {
     const layout_t<B>& layout = saved.layout;
     const std::int64_t rows = layout.rows();
     auto frame = b.workspace().frame();
-    auto xg = b.workspace().template take<T>(rows, d);                     // [R, d]
-    auto dout = b.workspace().template take<T>(rows, d);                   // [R, d]
-    auto dxg = b.workspace().template take<T>(rows, d);                    // [R, d]
+    auto xg = b.workspace().template take<T>(rows, d);    // [R, d] gathered x, then its gradient
+    auto dout = b.workspace().template take<T>(rows, d);  // [R, d]
     auto dgate = b.workspace().template take_span<W>(saved.plan.slots());  // [S]
     dispatch_gather(b, xg, View<const T, S>(saved.x.view()), layout);
     dispatch_combine_backward(b, dgate, dout, dy, saved.o.view(), layout);
     experts_backward(b,
-                     dxg,
+                     xg,  // dL/d(gathered x) overwrites the gathered x once it is spent
                      ExpertGrads<T, S>{grads.w1, grads.w3, grads.w2},
                      View<const T, S>(dout),
                      View<const T, S>(xg),
@@ -291,7 +290,7 @@ class SparseFfn {
                      expert_weights(),
                      layout.segments(),
                      /*accumulate_dx=*/false);
-    dispatch_gather_backward(b, dx, View<const T, S>(dxg), layout);
+    dispatch_gather_backward(b, dx, View<const T, S>(xg), layout);
     const RouteArgs<B> args = route_args(saved.x.view(), saved.modality.span(), saved.options);
     router_.backward(b,
                      args,
@@ -311,7 +310,7 @@ class SparseFfn {
     const std::size_t row_f = Ws::template bytes_for<T>(rows * f);
     const std::size_t forward = layout_bytes<B>(rows) + 2 * row_d + 3 * row_f;
     const std::size_t backward =
-        3 * row_d + Ws::template bytes_for<W>(slots) +
+        2 * row_d + Ws::template bytes_for<W>(slots) +
         std::max(Ws::template bytes_for<W>(rows), experts_backward_bytes<B>(rows, f));
     return std::max({forward, backward, router_workspace_bytes(tokens)});
   }
