@@ -10,7 +10,7 @@ import json
 
 
 def fmt(name, value):
-    if name.upper().startswith("FLOPS") or name.endswith("per_second") or name.endswith("_Bps"):
+    if "FLOP" in name.upper() or name.endswith(("/s", "per_second", "_Bps")):
         return f"{value / 1e9:.1f}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
