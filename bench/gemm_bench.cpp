@@ -1,9 +1,10 @@
 // bench/gemm_bench.cpp
 //
 // GEMM throughput of the CPU providers at the layer shapes: Eigen f32, oneDNN f32 (plain and
-// with packed weights), oneDNN bf16; 1 and all threads; GFLOP/s and the fraction of the measured
-// peak (bench_context.hpp); decode also as weight bytes/s against the triad bandwidth. A training
-// step (x W, dy W^T, x^T dy with weights changing every step) compares packed and plain weights.
+// with packed weights), oneDNN bf16, and at decode the backend's skinny kernel; 1 and all threads;
+// GFLOP/s and the fraction of the measured peak (bench_context.hpp); decode also as weight
+// bytes/s against the triad bandwidth. A training step (x W, dy W^T, x^T dy with weights changing
+// every step) compares packed and plain weights.
 #include <chrono>
 #include <cstdint>
 #include <ctime>
@@ -44,6 +45,7 @@ constexpr GemmShape shapes[] = {
     {"ffn_4096x1024x2816", 4096, 1024, 2816, false},
     {"square_2048", 2048, 2048, 2048, false},
     {"decode_16x4096x14336", 16, 4096, 14336, true},
+    {"decode_4x4096x14336", 4, 4096, 14336, true},
     {"router_4096x512x8", 4096, 512, 8, false},
 };
 
@@ -122,11 +124,13 @@ void bm_gemm(benchmark::State& state, GemmShape s, int threads, Path path, Provi
   fill(c, 3);
   const std::vector<std::int64_t> offsets = {0, s.m};
   auto run = [&] {
-    if (path == Path::plain) {
-      provider.gemm(c.view(), cv(a), Trans::no, cv(w), Trans::no, 1.0, 0.0);
-    } else {
-      provider.grouped_gemm(c.view(), cv(a), cv(w), Trans::no, offsets, 1.0, 0.0);
+    if constexpr (requires { provider.grouped_gemm(c.view(), cv(a), cv(w), Trans::no, offsets); }) {
+      if (path == Path::packed) {
+        provider.grouped_gemm(c.view(), cv(a), cv(w), Trans::no, offsets, 1.0, 0.0);
+        return;
+      }
     }
+    provider.gemm(c.view(), cv(a), Trans::no, cv(w), Trans::no, 1.0, 0.0);
   };
   const auto& lim = mm::bench::limits(threads);
   const Rates rates{threads,
@@ -195,9 +199,19 @@ void register_all() {
     for (const GemmShape& s : shapes) {
       const std::string shape = std::string("/") + s.label;
       add("gemm/eigen_f32" + shape + th, [=](benchmark::State& st) {
-        EigenF32 b;
-        bm_gemm<float>(st, s, t, Path::plain, b);
+        mm::cpu::EigenGemm g;  // the provider itself: the backend sends M <= 16 to skinny_gemm
+        bm_gemm<float>(st, s, t, Path::plain, g);
       });
+      if (s.decode) {  // what layers get: CpuBackend::gemm, M <= 16 on the skinny kernel
+        add("gemm/backend_f32" + shape + th, [=](benchmark::State& st) {
+          mm::CpuBackend<float> b;
+          bm_gemm<float>(st, s, t, Path::plain, b);
+        });
+        add("gemm/backend_bf16" + shape + th, [=](benchmark::State& st) {
+          mm::CpuBackend<mm::bf16> b;
+          bm_gemm<mm::bf16>(st, s, t, Path::plain, b);
+        });
+      }
 #if defined(MMSPARSE_WITH_ONEDNN)
       using mm::cpu::OnednnGemm;
       using mm::cpu::PackMode;

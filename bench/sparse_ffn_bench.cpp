@@ -2,7 +2,17 @@
 //
 // Sparse FFN forward, each router x dispatch at MoMa-like shapes (test/cases/sparse_ffn_cases.hpp),
 // against the dense SwiGLU FFN of equal active FLOPs (ratio_to_dense: vs its best run;
-// ratio_interleaved: best of 5 alternating calls), routing + dispersion alone, a large GEMM.
+// ratio_interleaved: best of 5 alternating calls), routing + dispersion alone, a large GEMM, and
+// decode (16 tokens, top-2 of 8, d = 4096, f = 14336) as weight bytes/s against the triad.
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
 #include <benchmark/benchmark.h>
 
 #include "bench_context.hpp"
@@ -15,6 +25,7 @@
 #include <mmsparse/dispatch/sorted_gather.hpp>
 #include <mmsparse/layers/sparse_ffn.hpp>
 #include <mmsparse/layers/swiglu_ffn.hpp>
+#include <mmsparse/routing/token_choice.hpp>
 
 namespace mm = mmsparse;
 namespace cases = mmsparse::cases;
@@ -228,6 +239,84 @@ void bm_dispersion(benchmark::State& state,
   }
 }
 
+// ---- decode: a Mixtral-like layer at 16 tokens ------------------------------------------
+
+// Token choice top-2 of 8 experts (dropless), d = 4096, f = 14336: 5.6 GB of f32 expert
+// weights, of which each expert sees ~4 rows per forward. The bound is streaming the weights of
+// the experts that got a row.
+constexpr std::int64_t decode_tokens = 16;
+constexpr std::int64_t decode_d = 4096;
+constexpr std::int64_t decode_f = 14336;
+constexpr std::int64_t decode_experts = 8;
+
+// The decode layers hold GBs of weights: only one lives at a time.
+struct HeldLayer {
+  std::string name;
+  std::shared_ptr<void> layer;
+};
+
+template <class L>
+L& decode_layer(const std::string& name, const typename L::Config& cfg) {
+  static HeldLayer held;
+  if (held.name != name) {
+    held.layer.reset();  // free the previous weights before drawing the next
+    held.layer = std::make_shared<L>(cfg);
+    held.name = name;
+  }
+  return *static_cast<L*>(held.layer.get());
+}
+
+inline double process_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// Inference forward of 16 tokens. GFLOP/s over wall time (the FLOPS counter, as above);
+// weight_GB/s: bytes of the active experts' w1, w3, w2 per CPU-second of the threads (as
+// gemm_bench; robust on a shared machine), bw_frac its fraction of the measured triad bandwidth
+// (bench_context.hpp, also per CPU-second); wall_weight_GB/s over wall time.
+template <class T>
+void bm_decode(benchmark::State& state, const std::string& name) {
+  using B = mm::CpuBackend<T>;
+  using L = mm::SparseFfn<T, mm::TokenChoice, mm::SortedGather, B>;
+  typename L::Config cfg;
+  cfg.d = decode_d;
+  cfg.hidden = decode_f;
+  cfg.experts = {decode_experts};
+  cfg.router.k = 2;
+  cfg.router.dropless = true;
+  cfg.seed = 17;
+  const L& layer = decode_layer<L>(name, cfg);
+  static B b;  // threads: OMP_NUM_THREADS
+  mm::Rng rng(23);
+  const auto x32 = rng.normal_tensor<float>(decode_tokens, decode_d);
+  mm::Tensor<T> x(decode_tokens, decode_d);
+  b.copy(x.view(), mm::View<const float>(x32));
+  const std::vector<mm::ModalityId> ids(static_cast<std::size_t>(decode_tokens), 0);
+  const mm::Span<const mm::ModalityId> modality(ids.data(), decode_tokens);
+  mm::Tensor<T> y(decode_tokens, decode_d);
+  auto stats = layer.forward(b, mm::View<const T>(x), modality, y.view());  // warm-up
+  const double c0 = process_seconds();
+  const double t = timed_loop(state, name, [&] {
+    stats = layer.forward(b, mm::View<const T>(x), modality, y.view());
+    benchmark::DoNotOptimize(y.data());
+  });
+  const int threads = B::threads();
+  const double cpu = (process_seconds() - c0) / threads / static_cast<double>(state.iterations());
+  std::int64_t active = 0;
+  for (const auto rows : stats.tokens_per_expert) {
+    active += rows > 0 ? 1 : 0;
+  }
+  const double bytes = static_cast<double>(active) * 3.0 * decode_d * decode_f * sizeof(T);
+  flops_counter(state, stats.flops);
+  state.counters["active_experts"] = static_cast<double>(active);
+  state.counters["weight_GB/s"] = bytes / cpu * 1e-9;
+  state.counters["wall_weight_GB/s"] = bytes / t * 1e-9;
+  state.counters["bw_frac"] = bytes / cpu * 1e-9 / mm::bench::limits(threads).triad_gbs;
+  state.counters["threads"] = threads;
+}
+
 const cases::SparseFfnCase& bench_case(const std::string& name) {
   for (const auto& c : cases::bench_cases()) {
     if (c.name == name) {
@@ -321,6 +410,18 @@ int main(int argc, char** argv) {
   register_layer<cases::MomaTokenChoiceVariant, SortedGather, PaddedCapacity>("4t4i_20_80");
   // Mixture-of-depths: one block, half the tokens.
   register_layer<cases::DepthVariant, SortedGather, PaddedCapacity>("1t1i_50_50");
+
+  // Decode, last: its layer holds 5.6 GB (f32) or 2.8 GB (bf16) of expert weights, one at a time.
+  benchmark::RegisterBenchmark(
+      "BM_decode_token_choice_top2of8/f32/16x4096x14336",
+      [](benchmark::State& s) { bm_decode<float>(s, "BM_decode_token_choice_top2of8/f32"); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark(
+      "BM_decode_token_choice_top2of8/bf16/16x4096x14336",
+      [](benchmark::State& s) { bm_decode<mm::bf16>(s, "BM_decode_token_choice_top2of8/bf16"); })
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
 
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -1,11 +1,13 @@
 // mmsparse/backend/cpu/backend.hpp
 //
 // The CPU backend: host memory, OpenMP threads, a workspace arena, and a GEMM
-// provider chosen at compile time (oneDNN where found, else Eigen). Every
-// primitive of the backend concept (backend/concepts.hpp) forwards to the
+// provider chosen at compile time (oneDNN where found, else Eigen); products with
+// at most 16 rows go to the skinny kernel (skinny_gemm.hpp) with either provider.
+// Every primitive of the backend concept (backend/concepts.hpp) forwards to the
 // kernels of this folder. CpuBackend<double> is the project's oracle backend.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -24,6 +26,7 @@
 #include <mmsparse/backend/cpu/loss.hpp>
 #include <mmsparse/backend/cpu/norm.hpp>
 #include <mmsparse/backend/cpu/router_kernels.hpp>
+#include <mmsparse/backend/cpu/skinny_gemm.hpp>
 #include <mmsparse/backend/cpu/sort.hpp>
 #include <mmsparse/backend/cpu/topk.hpp>
 #include <mmsparse/core/error.hpp>
@@ -81,7 +84,8 @@ class CpuBackend {
 
   // ---- matrix products ----------------------------------------------------
 
-  // C = alpha * op(A) op(B) + beta * C
+  // C = alpha * op(A) op(B) + beta * C. At most skinny_max_rows rows of A (not transposed)
+  // times B (not transposed), f32 or bf16: the skinny kernel, which streams B once (decode).
   template <class U>
   void gemm(View<U> c,
             View<const U> a,
@@ -90,11 +94,23 @@ class CpuBackend {
             Trans tb,
             double alpha = 1.0,
             double beta = 0.0) {
+    if constexpr (cpu::skinny_supported_v<U>) {
+      // Mismatched shapes go on to the provider, whose message names its own arguments.
+      if (ta == Trans::no && tb == Trans::no && a.rows <= cpu::skinny_max_rows &&
+          b.rows == a.cols && c.rows == a.rows && c.cols == b.cols) {
+        cpu::skinny_gemm(c, a, b, alpha, beta);
+        return;
+      }
+    }
     gemm_.gemm(c, a, ta, b, tb, alpha, beta);
   }
 
   // For each expert e: C_e = alpha * A_e op(W_e) + beta * C_e, where X_e are rows
   // [offsets[e], offsets[e+1]) and W_e is block e of the stacked weight w [E * wr, wc].
+  // With W not transposed (the forward), a segment of 1..skinny_max_rows rows multiplies the
+  // caller's W_e with the skinny kernel (bf16 widened in registers, never a provider's packed
+  // or widened copy); the other segments go to the provider as before (docs/design.md, "CPU
+  // GEMM provider").
   template <class U>
   void grouped_gemm(View<U> c,
                     View<const U> a,
@@ -103,6 +119,12 @@ class CpuBackend {
                     SegmentOffsets offsets,
                     double alpha = 1.0,
                     double beta = 0.0) {
+    if constexpr (cpu::skinny_supported_v<U>) {
+      if (tw == Trans::no && cpu::has_skinny_segment(offsets)) {
+        skinny_grouped_gemm(c, a, w, offsets, alpha, beta);
+        return;
+      }
+    }
     if constexpr (requires { gemm_.grouped_gemm(c, a, w, tw, offsets, alpha, beta); }) {
       gemm_.grouped_gemm(c, a, w, tw, offsets, alpha, beta);  // may multiply packed weights
       return;
@@ -410,6 +432,40 @@ class CpuBackend {
   }
 
  private:
+  // grouped_gemm with W not transposed and at least one skinny segment. Everything is
+  // validated before the first segment is written.
+  template <class U>
+  void skinny_grouped_gemm(View<U> c,
+                           View<const U> a,
+                           View<const U> w,
+                           SegmentOffsets offsets,
+                           double alpha,
+                           double beta) {
+    const std::int64_t block =
+        cpu::check_grouped_gemm("CpuBackend::grouped_gemm", c, a, w, offsets);
+    for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+      const std::int64_t begin = offsets[e];
+      const std::int64_t count = offsets[e + 1] - begin;
+      if (count == 0) {
+        continue;
+      }
+      auto ce = c.row_block(begin, count);
+      auto ae = a.row_block(begin, count);
+      auto we = w.row_block(static_cast<std::int64_t>(e) * block, block);
+      if (count <= cpu::skinny_max_rows) {
+        cpu::skinny_gemm(ce, ae, we, alpha, beta);
+      } else if constexpr (requires {
+                             gemm_.grouped_gemm(c, a, w, Trans::no, offsets, alpha, beta);
+                           }) {
+        // One segment over its own block: the provider keys its packs by the block, as above.
+        const std::array<std::int64_t, 2> one = {0, count};
+        gemm_.grouped_gemm(ce, ae, we, Trans::no, SegmentOffsets(one), alpha, beta);
+      } else {
+        gemm_.gemm(ce, ae, Trans::no, we, Trans::no, alpha, beta);
+      }
+    }
+  }
+
   Workspace<host_space> workspace_;
   Gemm gemm_;
 };

@@ -3,7 +3,8 @@
 // GEMM provider on oneDNN 2.x matmul: C = alpha op(A) op(B) + beta C on strided row-major views.
 // f32 on oneDNN; bf16 on oneDNN (fp32 accumulation) where the CPU has it, else widened to f32;
 // f64 on Eigen. grouped_gemm packs each weight block once and reuses it until weights_updated().
-// Every oneDNN call of mmsparse lives in this header (docs/design.md, "CPU GEMM provider").
+// Every oneDNN call lives in backend/cpu/onednn_*.hpp (internals: onednn_detail.hpp; machine
+// report: onednn_info.hpp; docs/design.md, "CPU GEMM provider").
 #pragma once
 
 #if !__has_include(<oneapi/dnnl/dnnl.hpp>)
@@ -25,6 +26,8 @@
 
 #include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/backend/cpu/eigen_gemm.hpp>
+#include <mmsparse/backend/cpu/onednn_detail.hpp>
+#include <mmsparse/backend/cpu/onednn_info.hpp>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/rng.hpp>
@@ -54,171 +57,6 @@ struct OnednnStats {
   std::int64_t pack_hits = 0;   // uses of a packed copy that was still current
 };
 
-namespace onednn_detail {
-
-using dims = dnnl::memory::dims;
-using dtype = dnnl::memory::data_type;
-inline constexpr std::int64_t runtime_dim = DNNL_RUNTIME_DIM_VAL;
-inline constexpr std::int64_t convert_parallel_min = 1 << 15;
-
-template <class T>
-constexpr dtype data_type() {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
-                "oneDNN runs float and bf16 matmuls; double goes to Eigen");
-  return std::is_same_v<T, float> ? dtype::f32 : dtype::bf16;
-}
-
-// op(v) as a [rows, cols] matrix with element strides. The stride of a single row is
-// meaningless; it is set to the row length so that the descriptor is valid.
-struct Operand {
-  std::int64_t rows = 0;
-  std::int64_t cols = 0;
-  std::int64_t row_stride = 0;
-  std::int64_t col_stride = 0;
-};
-
-template <class T>
-Operand operand(View<T> v, Trans t) {
-  const std::int64_t ld = v.rows <= 1 ? std::max<std::int64_t>(v.cols, 1) : v.stride;
-  return t == Trans::no ? Operand{v.rows, v.cols, ld, 1} : Operand{v.cols, v.rows, 1, ld};
-}
-
-inline dnnl::memory::desc memory_desc(const Operand& o, dtype type) {
-  return dnnl::memory::desc({o.rows, o.cols}, type, dims{o.row_stride, o.col_stride});
-}
-
-// [runtime, runtime] with runtime strides, row-major (no) or column-major (yes).
-inline dnnl::memory::desc runtime_desc(Trans t, dtype type) {
-  return dnnl::memory::desc({runtime_dim, runtime_dim},
-                            type,
-                            t == Trans::no ? dims{runtime_dim, 1} : dims{1, runtime_dim});
-}
-
-// alpha: output scale; beta: a sum post-op (oneDNN's gemm turns both into its own alpha, beta).
-inline dnnl::primitive_attr matmul_attr(double alpha, double beta) {
-  dnnl::primitive_attr attr;
-  if (alpha != 1.0) {
-    attr.set_output_scales(0, {static_cast<float>(alpha)});
-  }
-  if (beta != 0.0) {
-    dnnl::post_ops ops;
-    ops.append_sum(static_cast<float>(beta));
-    attr.set_post_ops(ops);
-  }
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
-}
-
-inline bool is_plain(const dnnl::memory::desc& d) {
-  return d.data.format_kind == dnnl_blocked && d.data.format_desc.blocking.inner_nblks == 0;
-}
-
-struct AlignedFree {
-  void operator()(std::byte* p) const noexcept {
-    SpaceAllocator<host_space>::deallocate(p);
-  }
-};
-using Buffer = std::unique_ptr<std::byte, AlignedFree>;
-
-inline Buffer allocate(std::size_t bytes) {
-  return Buffer(static_cast<std::byte*>(SpaceAllocator<host_space>::allocate(bytes)));
-}
-
-// A buffer that only grows: once the largest request has been seen it never allocates again.
-class Scratch {
- public:
-  void reserve(std::size_t bytes) {
-    if (bytes > bytes_) {
-      data_ = allocate(bytes);
-      bytes_ = bytes;
-    }
-  }
-  template <class U>
-  [[nodiscard]] U* take(std::int64_t count) {
-    reserve(static_cast<std::size_t>(count) * sizeof(U));
-    return reinterpret_cast<U*>(data_.get());
-  }
-
- private:
-  Buffer data_;
-  std::size_t bytes_ = 0;
-};
-
-// A few bit patterns spread over the block: a cheap guard against a packed copy of weights
-// that changed without weights_updated() (an optimizer step changes nearly every element).
-template <class T>
-std::uint64_t fingerprint(View<const T> w) {
-  constexpr std::int64_t samples = 16;
-  std::uint64_t h = hash64(static_cast<std::uint64_t>(w.rows), static_cast<std::uint64_t>(w.cols));
-  if (w.rows == 0 || w.cols == 0) {
-    return h;
-  }
-  for (std::int64_t s = 0; s < samples; ++s) {
-    const std::int64_t i = (w.rows - 1) * s / (samples - 1);
-    const std::int64_t j = (s * 2654435761LL + i) % w.cols;
-    std::uint64_t bits = 0;
-    std::memcpy(&bits, &w(i, j), sizeof(T));
-    h = hash64(h, bits);
-  }
-  return h;
-}
-
-// dst = src as float (same shape).
-template <class T>
-void widen(View<float> dst, View<const T> src) {
-#pragma omp parallel for schedule(static) if (dst.size() > convert_parallel_min)
-  for (std::int64_t i = 0; i < dst.rows; ++i) {
-    const T* in = src.row(i);
-    float* out = dst.row(i);
-    for (std::int64_t j = 0; j < dst.cols; ++j) {
-      out[j] = scalar_cast<float>(in[j]);
-    }
-  }
-}
-
-// dst = src rounded to T (round to nearest even for bf16).
-template <class T>
-void narrow(View<T> dst, View<const float> src) {
-#pragma omp parallel for schedule(static) if (dst.size() > convert_parallel_min)
-  for (std::int64_t i = 0; i < dst.rows; ++i) {
-    const float* in = src.row(i);
-    T* out = dst.row(i);
-    for (std::int64_t j = 0; j < dst.cols; ++j) {
-      out[j] = scalar_cast<T>(in[j]);
-    }
-  }
-}
-
-// c = beta * c (c = 0 for beta = 0, whatever c held): a product with an empty inner dimension.
-template <class T>
-void scale(View<T> c, double beta) {
-  if (beta == 1.0) {
-    return;
-  }
-  for (std::int64_t i = 0; i < c.rows; ++i) {
-    T* row = c.row(i);
-    for (std::int64_t j = 0; j < c.cols; ++j) {
-      row[j] = beta == 0.0 ? T{} : scalar_cast<T>(beta * scalar_cast<double>(row[j]));
-    }
-  }
-}
-
-inline std::uint64_t mix(std::initializer_list<std::uint64_t> values) {
-  std::uint64_t h = 0x6d6d7370u;
-  for (const std::uint64_t v : values) {
-    h = hash64(h, v);
-  }
-  return h;
-}
-
-inline std::uint64_t bits_of(double v) {
-  std::uint64_t b = 0;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-}
-
-}  // namespace onednn_detail
-
 // One instance per backend (and so per thread that drives it): its caches are not locked.
 class OnednnGemm {
  public:
@@ -246,7 +84,7 @@ class OnednnGemm {
   template <class T>
   void gemm(
       View<T> c, View<const T> a, Trans ta, View<const T> b, Trans tb, double alpha, double beta) {
-    check_gemm(c, a, ta, b, tb);
+    onednn_detail::check_gemm(c, a, ta, b, tb);
     if constexpr (std::is_same_v<T, double>) {
       eigen_.gemm(c, a, ta, b, tb, alpha, beta);
     } else {
@@ -265,7 +103,7 @@ class OnednnGemm {
                     SegmentOffsets offsets,
                     double alpha,
                     double beta) {
-    const std::int64_t block = check_grouped(c, a, w, tw, offsets);
+    const std::int64_t block = onednn_detail::check_grouped(c, a, w, tw, offsets);
     for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
       const std::int64_t begin = offsets[e];
       const std::int64_t count = offsets[e + 1] - begin;
@@ -293,7 +131,7 @@ class OnednnGemm {
                                 double alpha,
                                 double beta) {
     const char* op = "OnednnGemm::grouped_gemm_weight_grad";
-    const std::int64_t experts = check_offsets(op, offsets, a.rows);
+    const std::int64_t experts = onednn_detail::check_offsets(op, offsets, a.rows);
     MMSPARSE_CHECK(w.rows % experts == 0,
                    op,
                    "w",
@@ -389,26 +227,6 @@ class OnednnGemm {
     bool ok;
   };
 
-  struct PackKey {
-    const void* data;
-    std::int64_t rows;
-    std::int64_t cols;
-    std::int64_t stride;
-    Trans trans;
-    dtype type;
-    friend bool operator==(const PackKey&, const PackKey&) = default;
-  };
-  struct PackKeyHash {
-    std::size_t operator()(const PackKey& k) const {
-      using onednn_detail::mix;
-      return static_cast<std::size_t>(mix({reinterpret_cast<std::uintptr_t>(k.data),
-                                           static_cast<std::uint64_t>(k.rows),
-                                           static_cast<std::uint64_t>(k.cols),
-                                           static_cast<std::uint64_t>(k.stride),
-                                           static_cast<std::uint64_t>(k.trans),
-                                           static_cast<std::uint64_t>(k.type)}));
-    }
-  };
   struct Pack {
     PackKind kind = PackKind::identity;
     std::size_t layout = 0;  // index into layouts_ (reordered)
@@ -418,92 +236,11 @@ class OnednnGemm {
     std::uint64_t fingerprint = 0;
     bool valid = false;
   };
-
-  struct FixedKey {
-    std::size_t layout;
-    std::int64_t m;
-    std::int64_t lda;
-    std::int64_t ldc;
-    double alpha;
-    double beta;
-    friend bool operator==(const FixedKey&, const FixedKey&) = default;
-  };
-  struct FixedKeyHash {
-    std::size_t operator()(const FixedKey& k) const {
-      using onednn_detail::bits_of;
-      using onednn_detail::mix;
-      return static_cast<std::size_t>(mix({static_cast<std::uint64_t>(k.layout),
-                                           static_cast<std::uint64_t>(k.m),
-                                           static_cast<std::uint64_t>(k.lda),
-                                           static_cast<std::uint64_t>(k.ldc),
-                                           bits_of(k.alpha),
-                                           bits_of(k.beta)}));
-    }
-  };
   struct FixedEntry {
     bool ok = false;
     dnnl::matmul prim;
     dnnl::memory::desc scratch;
   };
-
-  // ---- validation ---------------------------------------------------------
-
-  template <class T>
-  static void check_gemm(View<T> c, View<const T> a, Trans ta, View<const T> b, Trans tb) {
-    const char* op = "OnednnGemm::gemm";
-    const auto oa = onednn_detail::operand(a, ta);
-    const auto ob = onednn_detail::operand(b, tb);
-    MMSPARSE_CHECK(ob.rows == oa.cols,
-                   op,
-                   "b",
-                   "op(b) with " + std::to_string(oa.cols) + " rows (the inner dimension of op(a))",
-                   ob.rows);
-    MMSPARSE_CHECK(
-        c.rows == oa.rows && c.cols == ob.cols, op, "c", (Shape{oa.rows, ob.cols}), c.shape());
-    MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
-    MMSPARSE_CHECK(b.rows <= 1 || b.stride >= b.cols, op, "b.stride", ">= b.cols", b.stride);
-    MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
-  }
-
-  static std::int64_t check_offsets(const char* op, SegmentOffsets offsets, std::int64_t rows) {
-    MMSPARSE_CHECK(offsets.size() >= 2, op, "offsets", "E + 1 >= 2 entries", offsets.size());
-    MMSPARSE_CHECK(offsets.front() >= 0, op, "offsets[0]", ">= 0", offsets.front());
-    for (std::size_t e = 1; e < offsets.size(); ++e) {
-      MMSPARSE_CHECK(offsets[e] >= offsets[e - 1],
-                     op,
-                     "offsets",
-                     "non-decreasing values",
-                     "offsets[" + std::to_string(e) + "] = " + std::to_string(offsets[e]) + " < " +
-                         std::to_string(offsets[e - 1]));
-    }
-    MMSPARSE_CHECK(offsets.back() <= rows,
-                   op,
-                   "offsets",
-                   "a last value <= " + std::to_string(rows) + " rows",
-                   offsets.back());
-    return static_cast<std::int64_t>(offsets.size()) - 1;
-  }
-
-  template <class T>
-  static std::int64_t check_grouped(
-      View<T> c, View<const T> a, View<const T> w, Trans tw, SegmentOffsets offsets) {
-    const char* op = "OnednnGemm::grouped_gemm";
-    const std::int64_t experts = check_offsets(op, offsets, a.rows);
-    MMSPARSE_CHECK(w.rows % experts == 0,
-                   op,
-                   "w",
-                   "rows divisible by the " + std::to_string(experts) + " experts",
-                   w.shape());
-    const std::int64_t block = w.rows / experts;
-    const std::int64_t k = tw == Trans::no ? block : w.cols;
-    const std::int64_t n = tw == Trans::no ? w.cols : block;
-    MMSPARSE_CHECK(a.cols == k, op, "a", "cols = " + std::to_string(k), a.shape());
-    MMSPARSE_CHECK(c.rows == a.rows && c.cols == n, op, "c", (Shape{a.rows, n}), c.shape());
-    MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
-    MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
-    MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
-    return block;
-  }
 
   // ---- plain products (runtime dims) --------------------------------------
 
@@ -644,7 +381,7 @@ class OnednnGemm {
   Pack& pack_for(View<const T> w, Trans tw) {
     constexpr dtype type = onednn_detail::data_type<T>();
     const auto ow = onednn_detail::operand(w, tw);
-    const PackKey key{w.data, w.rows, w.cols, w.stride, tw, type};
+    const onednn_detail::PackKey key{w.data, w.rows, w.cols, w.stride, tw, type};
     auto [it, inserted] = packs_.try_emplace(key);
     Pack& p = it->second;
     p.last_used = epoch_;
@@ -732,7 +469,8 @@ class OnednnGemm {
                           std::int64_t ldc,
                           double alpha,
                           double beta) {
-    auto [it, inserted] = fixed_.try_emplace(FixedKey{layout, m, lda, ldc, alpha, beta});
+    auto [it, inserted] =
+        fixed_.try_emplace(onednn_detail::FixedKey{layout, m, lda, ldc, alpha, beta});
     FixedEntry& f = it->second;
     if (inserted) {
       const Layout& l = layouts_[layout];
@@ -800,81 +538,12 @@ class OnednnGemm {
   int bf16_state_ = 0;  // 0 unknown, 1 supported, -1 not
   std::vector<PlainEntry> plain_;
   std::vector<Layout> layouts_;
-  std::unordered_map<PackKey, Pack, PackKeyHash> packs_;
-  std::unordered_map<FixedKey, FixedEntry, FixedKeyHash> fixed_;
+  std::unordered_map<onednn_detail::PackKey, Pack, onednn_detail::PackKeyHash> packs_;
+  std::unordered_map<onednn_detail::FixedKey, FixedEntry, onednn_detail::FixedKeyHash> fixed_;
   onednn_detail::Scratch scratchpad_;
   onednn_detail::Scratch widen_a_;
   onednn_detail::Scratch widen_b_;
   onednn_detail::Scratch widen_c_;
 };
-
-// ---- what oneDNN is and does on this machine (benchmark context, docs) ----
-
-[[nodiscard]] inline std::string onednn_version() {
-  const dnnl_version_t* v = dnnl_version();
-  std::string s =
-      std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
-  s += v->cpu_runtime == DNNL_RUNTIME_OMP   ? " (OpenMP)"
-       : v->cpu_runtime == DNNL_RUNTIME_SEQ ? " (sequential)"
-                                            : " (other threading)";
-  return s;
-}
-
-[[nodiscard]] inline std::string onednn_isa() {
-  switch (dnnl::get_effective_cpu_isa()) {
-    case dnnl::cpu_isa::sse41:
-      return "sse41";
-    case dnnl::cpu_isa::avx:
-      return "avx";
-    case dnnl::cpu_isa::avx2:
-      return "avx2";
-    case dnnl::cpu_isa::avx2_vnni:
-      return "avx2_vnni";
-    case dnnl::cpu_isa::avx512_mic:
-    case dnnl::cpu_isa::avx512_mic_4ops:
-      return "avx512_mic";
-    case dnnl::cpu_isa::avx512_core:
-      return "avx512_core";
-    case dnnl::cpu_isa::avx512_core_vnni:
-      return "avx512_core_vnni";
-    case dnnl::cpu_isa::avx512_core_bf16:
-      return "avx512_core_bf16";
-    case dnnl::cpu_isa::avx512_core_amx:
-      return "avx512_core_amx";
-    default:
-      return "isa_all";
-  }
-}
-
-// The implementation oneDNN picks for a [m, k] x [k, n] matmul of T, or "unsupported".
-// runtime_dims: M, N, K decided at run time (the plain path); otherwise fixed shapes with the
-// weights in the layout oneDNN prefers (the packed path).
-template <class T>
-[[nodiscard]] std::string onednn_matmul_impl(std::int64_t m,
-                                             std::int64_t k,
-                                             std::int64_t n,
-                                             bool runtime_dims) {
-  using onednn_detail::runtime_desc;
-  constexpr auto type = onednn_detail::data_type<T>();
-  using tag = dnnl::memory::format_tag;
-  try {
-    const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-    const dnnl::matmul::desc d =
-        runtime_dims ? dnnl::matmul::desc(runtime_desc(Trans::no, type),
-                                          runtime_desc(Trans::no, type),
-                                          runtime_desc(Trans::no, type))
-                     : dnnl::matmul::desc(dnnl::memory::desc({m, k}, type, tag::ab),
-                                          dnnl::memory::desc({k, n}, type, tag::any),
-                                          dnnl::memory::desc({m, n}, type, tag::ab));
-    const dnnl::matmul::primitive_desc pd(d, engine);
-    std::string s = pd.impl_info_str();
-    if (!runtime_dims) {
-      s += onednn_detail::is_plain(pd.weights_desc()) ? " (plain weights)" : " (blocked weights)";
-    }
-    return s;
-  } catch (const dnnl::error&) {
-    return "unsupported";
-  }
-}
 
 }  // namespace mmsparse::cpu

@@ -1,0 +1,294 @@
+// mmsparse/backend/cpu/onednn_detail.hpp
+//
+// Internals of the oneDNN GEMM provider (onednn_gemm.hpp): memory descriptors of strided views,
+// matmul attributes, aligned scratch, weight fingerprints, f32/bf16 conversion, cache keys and
+// argument checks. Every oneDNN call of mmsparse lives in backend/cpu/onednn_*.hpp.
+#pragma once
+
+#if !__has_include(<oneapi/dnnl/dnnl.hpp>)
+#error \
+    "mmsparse/backend/cpu/onednn_detail.hpp needs oneDNN 2.x (libdnnl-dev); without it the CPU backend uses Eigen"
+#endif
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <string>
+#include <type_traits>
+
+#include <mmsparse/backend/concepts.hpp>
+#include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/error.hpp>
+#include <mmsparse/core/rng.hpp>
+#include <mmsparse/core/tensor.hpp>
+#include <mmsparse/core/view.hpp>
+
+namespace mmsparse::cpu::onednn_detail {
+
+using dims = dnnl::memory::dims;
+using dtype = dnnl::memory::data_type;
+inline constexpr std::int64_t runtime_dim = DNNL_RUNTIME_DIM_VAL;
+inline constexpr std::int64_t convert_parallel_min = 1 << 15;
+
+template <class T>
+constexpr dtype data_type() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
+                "oneDNN runs float and bf16 matmuls; double goes to Eigen");
+  return std::is_same_v<T, float> ? dtype::f32 : dtype::bf16;
+}
+
+// op(v) as a [rows, cols] matrix with element strides. The stride of a single row is
+// meaningless; it is set to the row length so that the descriptor is valid.
+struct Operand {
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::int64_t row_stride = 0;
+  std::int64_t col_stride = 0;
+};
+
+template <class T>
+Operand operand(View<T> v, Trans t) {
+  const std::int64_t ld = v.rows <= 1 ? std::max<std::int64_t>(v.cols, 1) : v.stride;
+  return t == Trans::no ? Operand{v.rows, v.cols, ld, 1} : Operand{v.cols, v.rows, 1, ld};
+}
+
+inline dnnl::memory::desc memory_desc(const Operand& o, dtype type) {
+  return dnnl::memory::desc({o.rows, o.cols}, type, dims{o.row_stride, o.col_stride});
+}
+
+// [runtime, runtime] with runtime strides, row-major (no) or column-major (yes).
+inline dnnl::memory::desc runtime_desc(Trans t, dtype type) {
+  return dnnl::memory::desc({runtime_dim, runtime_dim},
+                            type,
+                            t == Trans::no ? dims{runtime_dim, 1} : dims{1, runtime_dim});
+}
+
+// alpha: output scale; beta: a sum post-op (oneDNN's gemm turns both into its own alpha, beta).
+inline dnnl::primitive_attr matmul_attr(double alpha, double beta) {
+  dnnl::primitive_attr attr;
+  if (alpha != 1.0) {
+    attr.set_output_scales(0, {static_cast<float>(alpha)});
+  }
+  if (beta != 0.0) {
+    dnnl::post_ops ops;
+    ops.append_sum(static_cast<float>(beta));
+    attr.set_post_ops(ops);
+  }
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+inline bool is_plain(const dnnl::memory::desc& d) {
+  return d.data.format_kind == dnnl_blocked && d.data.format_desc.blocking.inner_nblks == 0;
+}
+
+struct AlignedFree {
+  void operator()(std::byte* p) const noexcept {
+    SpaceAllocator<host_space>::deallocate(p);
+  }
+};
+using Buffer = std::unique_ptr<std::byte, AlignedFree>;
+
+inline Buffer allocate(std::size_t bytes) {
+  return Buffer(static_cast<std::byte*>(SpaceAllocator<host_space>::allocate(bytes)));
+}
+
+// A buffer that only grows: once the largest request has been seen it never allocates again.
+class Scratch {
+ public:
+  void reserve(std::size_t bytes) {
+    if (bytes > bytes_) {
+      data_ = allocate(bytes);
+      bytes_ = bytes;
+    }
+  }
+  template <class U>
+  [[nodiscard]] U* take(std::int64_t count) {
+    reserve(static_cast<std::size_t>(count) * sizeof(U));
+    return reinterpret_cast<U*>(data_.get());
+  }
+
+ private:
+  Buffer data_;
+  std::size_t bytes_ = 0;
+};
+
+// A few bit patterns spread over the block: a cheap guard against a packed copy of weights
+// that changed without weights_updated() (an optimizer step changes nearly every element).
+template <class T>
+std::uint64_t fingerprint(View<const T> w) {
+  constexpr std::int64_t samples = 16;
+  std::uint64_t h = hash64(static_cast<std::uint64_t>(w.rows), static_cast<std::uint64_t>(w.cols));
+  if (w.rows == 0 || w.cols == 0) {
+    return h;
+  }
+  for (std::int64_t s = 0; s < samples; ++s) {
+    const std::int64_t i = (w.rows - 1) * s / (samples - 1);
+    const std::int64_t j = (s * 2654435761LL + i) % w.cols;
+    std::uint64_t bits = 0;
+    std::memcpy(&bits, &w(i, j), sizeof(T));
+    h = hash64(h, bits);
+  }
+  return h;
+}
+
+// dst = src as float (same shape).
+template <class T>
+void widen(View<float> dst, View<const T> src) {
+#pragma omp parallel for schedule(static) if (dst.size() > convert_parallel_min)
+  for (std::int64_t i = 0; i < dst.rows; ++i) {
+    const T* in = src.row(i);
+    float* out = dst.row(i);
+    for (std::int64_t j = 0; j < dst.cols; ++j) {
+      out[j] = scalar_cast<float>(in[j]);
+    }
+  }
+}
+
+// dst = src rounded to T (round to nearest even for bf16).
+template <class T>
+void narrow(View<T> dst, View<const float> src) {
+#pragma omp parallel for schedule(static) if (dst.size() > convert_parallel_min)
+  for (std::int64_t i = 0; i < dst.rows; ++i) {
+    const float* in = src.row(i);
+    T* out = dst.row(i);
+    for (std::int64_t j = 0; j < dst.cols; ++j) {
+      out[j] = scalar_cast<T>(in[j]);
+    }
+  }
+}
+
+// c = beta * c (c = 0 for beta = 0, whatever c held): a product with an empty inner dimension.
+template <class T>
+void scale(View<T> c, double beta) {
+  if (beta == 1.0) {
+    return;
+  }
+  for (std::int64_t i = 0; i < c.rows; ++i) {
+    T* row = c.row(i);
+    for (std::int64_t j = 0; j < c.cols; ++j) {
+      row[j] = beta == 0.0 ? T{} : scalar_cast<T>(beta * scalar_cast<double>(row[j]));
+    }
+  }
+}
+
+inline std::uint64_t mix(std::initializer_list<std::uint64_t> values) {
+  std::uint64_t h = 0x6d6d7370u;
+  for (const std::uint64_t v : values) {
+    h = hash64(h, v);
+  }
+  return h;
+}
+
+inline std::uint64_t bits_of(double v) {
+  std::uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+// ---- cache keys of OnednnGemm -----------------------------------------------
+
+struct PackKey {
+  const void* data;
+  std::int64_t rows;
+  std::int64_t cols;
+  std::int64_t stride;
+  Trans trans;
+  dtype type;
+  friend bool operator==(const PackKey&, const PackKey&) = default;
+};
+struct PackKeyHash {
+  std::size_t operator()(const PackKey& k) const {
+    return static_cast<std::size_t>(mix({reinterpret_cast<std::uintptr_t>(k.data),
+                                         static_cast<std::uint64_t>(k.rows),
+                                         static_cast<std::uint64_t>(k.cols),
+                                         static_cast<std::uint64_t>(k.stride),
+                                         static_cast<std::uint64_t>(k.trans),
+                                         static_cast<std::uint64_t>(k.type)}));
+  }
+};
+
+struct FixedKey {
+  std::size_t layout;
+  std::int64_t m;
+  std::int64_t lda;
+  std::int64_t ldc;
+  double alpha;
+  double beta;
+  friend bool operator==(const FixedKey&, const FixedKey&) = default;
+};
+struct FixedKeyHash {
+  std::size_t operator()(const FixedKey& k) const {
+    return static_cast<std::size_t>(mix({static_cast<std::uint64_t>(k.layout),
+                                         static_cast<std::uint64_t>(k.m),
+                                         static_cast<std::uint64_t>(k.lda),
+                                         static_cast<std::uint64_t>(k.ldc),
+                                         bits_of(k.alpha),
+                                         bits_of(k.beta)}));
+  }
+};
+
+// ---- argument checks of OnednnGemm ------------------------------------------
+
+template <class T>
+void check_gemm(View<T> c, View<const T> a, Trans ta, View<const T> b, Trans tb) {
+  const char* op = "OnednnGemm::gemm";
+  const auto oa = operand(a, ta);
+  const auto ob = operand(b, tb);
+  MMSPARSE_CHECK(ob.rows == oa.cols,
+                 op,
+                 "b",
+                 "op(b) with " + std::to_string(oa.cols) + " rows (the inner dimension of op(a))",
+                 ob.rows);
+  MMSPARSE_CHECK(
+      c.rows == oa.rows && c.cols == ob.cols, op, "c", (Shape{oa.rows, ob.cols}), c.shape());
+  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
+  MMSPARSE_CHECK(b.rows <= 1 || b.stride >= b.cols, op, "b.stride", ">= b.cols", b.stride);
+  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
+}
+
+inline std::int64_t check_offsets(const char* op, SegmentOffsets offsets, std::int64_t rows) {
+  MMSPARSE_CHECK(offsets.size() >= 2, op, "offsets", "E + 1 >= 2 entries", offsets.size());
+  MMSPARSE_CHECK(offsets.front() >= 0, op, "offsets[0]", ">= 0", offsets.front());
+  for (std::size_t e = 1; e < offsets.size(); ++e) {
+    MMSPARSE_CHECK(offsets[e] >= offsets[e - 1],
+                   op,
+                   "offsets",
+                   "non-decreasing values",
+                   "offsets[" + std::to_string(e) + "] = " + std::to_string(offsets[e]) + " < " +
+                       std::to_string(offsets[e - 1]));
+  }
+  MMSPARSE_CHECK(offsets.back() <= rows,
+                 op,
+                 "offsets",
+                 "a last value <= " + std::to_string(rows) + " rows",
+                 offsets.back());
+  return static_cast<std::int64_t>(offsets.size()) - 1;
+}
+
+template <class T>
+std::int64_t check_grouped(
+    View<T> c, View<const T> a, View<const T> w, Trans tw, SegmentOffsets offsets) {
+  const char* op = "OnednnGemm::grouped_gemm";
+  const std::int64_t experts = check_offsets(op, offsets, a.rows);
+  MMSPARSE_CHECK(w.rows % experts == 0,
+                 op,
+                 "w",
+                 "rows divisible by the " + std::to_string(experts) + " experts",
+                 w.shape());
+  const std::int64_t block = w.rows / experts;
+  const std::int64_t k = tw == Trans::no ? block : w.cols;
+  const std::int64_t n = tw == Trans::no ? w.cols : block;
+  MMSPARSE_CHECK(a.cols == k, op, "a", "cols = " + std::to_string(k), a.shape());
+  MMSPARSE_CHECK(c.rows == a.rows && c.cols == n, op, "c", (Shape{a.rows, n}), c.shape());
+  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
+  MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
+  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
+  return block;
+}
+
+}  // namespace mmsparse::cpu::onednn_detail

@@ -1,0 +1,369 @@
+// mmsparse/backend/cpu/skinny_gemm.hpp
+//
+// Small-M GEMM for decode: C [M, N] = alpha A [M, K] W [K, N] + beta C with M <= 16, streaming the
+// row-major weight W once from memory (f32, or bf16 widened in registers: half the bytes).
+// Register-tiled AVX2/FMA micro-kernel (portable loop elsewhere); OpenMP over column blocks of N.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/error.hpp>
+#include <mmsparse/core/view.hpp>
+
+namespace mmsparse::cpu {
+
+// Largest M the skinny path takes (decode: a few rows per expert).
+inline constexpr std::int64_t skinny_max_rows = 16;
+
+// Activations (A, C) and weights (W) the skinny path multiplies; double goes to the providers.
+template <class T>
+inline constexpr bool skinny_supported_v = std::is_same_v<T, float> || std::is_same_v<T, bf16>;
+
+namespace skinny_detail {
+
+inline constexpr int tile_cols = 16;  // NR: two 8-float vectors
+inline constexpr int tile_rows = 6;   // MR: 12 accumulators + 2 weights + 1 broadcast <= 16 ymm
+inline constexpr std::int64_t block_k = 16;    // KC: rows of W per pass over a column block
+inline constexpr std::int64_t block_n = 2048;  // NC: columns whose float accumulators stay in L2
+inline constexpr int prefetch_tiles = 4;       // W is prefetched this many tiles ahead in its row
+// Row stride of the float accumulators [M, NC]: the last tile of a block may store 16 columns.
+inline constexpr std::int64_t acc_stride = block_n + tile_cols;
+inline constexpr std::int64_t parallel_min = 1 << 18;  // M*N*K below this runs on one thread
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline void load_tile_row(const float* w, __m256& lo, __m256& hi) {
+  lo = _mm256_loadu_ps(w);
+  hi = _mm256_loadu_ps(w + 8);
+}
+// bf16 is the top half of a float: zero-extend to 32 bits and shift into place.
+inline void load_tile_row(const bf16* w, __m256& lo, __m256& hi) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  lo = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(bits)), 16));
+  hi = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(bits, 1)), 16));
+}
+
+// out [MR, 16] (row stride ldo) = A [MR, kc] W [kc, 16], or += where `accumulate`.
+template <int MR, class TW>
+void micro_kernel(float* out,
+                  std::int64_t ldo,
+                  bool accumulate,
+                  const float* a,
+                  std::int64_t lda,
+                  const TW* w,
+                  std::int64_t ldw,
+                  std::int64_t kc) {
+  __m256 lo[MR];
+  __m256 hi[MR];
+  for (int m = 0; m < MR; ++m) {
+    lo[m] = accumulate ? _mm256_loadu_ps(out + m * ldo) : _mm256_setzero_ps();
+    hi[m] = accumulate ? _mm256_loadu_ps(out + m * ldo + 8) : _mm256_setzero_ps();
+  }
+  for (std::int64_t k = 0; k < kc; ++k) {
+    __m256 w0;
+    __m256 w1;
+    load_tile_row(w + k * ldw, w0, w1);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m256 x = _mm256_broadcast_ss(a + m * lda + k);
+      lo[m] = _mm256_fmadd_ps(x, w0, lo[m]);
+      hi[m] = _mm256_fmadd_ps(x, w1, hi[m]);
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    _mm256_storeu_ps(out + m * ldo, lo[m]);
+    _mm256_storeu_ps(out + m * ldo + 8, hi[m]);
+  }
+}
+#else
+template <int MR, class TW>
+void micro_kernel(float* out,
+                  std::int64_t ldo,
+                  bool accumulate,
+                  const float* a,
+                  std::int64_t lda,
+                  const TW* w,
+                  std::int64_t ldw,
+                  std::int64_t kc) {
+  float acc[MR][tile_cols] = {};
+  for (std::int64_t k = 0; k < kc; ++k) {
+    float wk[tile_cols];
+    for (int j = 0; j < tile_cols; ++j) {
+      wk[j] = scalar_cast<float>(w[k * ldw + j]);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const float x = a[m * lda + k];
+      for (int j = 0; j < tile_cols; ++j) {
+        acc[m][j] += x * wk[j];
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int j = 0; j < tile_cols; ++j) {
+      out[m * ldo + j] = accumulate ? out[m * ldo + j] + acc[m][j] : acc[m][j];
+    }
+  }
+}
+#endif
+
+// The micro-kernel for a runtime row count 1..tile_rows.
+template <class TW>
+void micro_kernel_rows(int mr,
+                       float* out,
+                       std::int64_t ldo,
+                       bool accumulate,
+                       const float* a,
+                       std::int64_t lda,
+                       const TW* w,
+                       std::int64_t ldw,
+                       std::int64_t kc) {
+  switch (mr) {
+    case 1:
+      micro_kernel<1>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      break;
+    case 2:
+      micro_kernel<2>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      break;
+    case 3:
+      micro_kernel<3>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      break;
+    case 4:
+      micro_kernel<4>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      break;
+    case 5:
+      micro_kernel<5>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      break;
+    default:
+      micro_kernel<tile_rows>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      break;
+  }
+}
+
+// Scratch of the calling thread that only grows: a steady-state call allocates nothing.
+template <class U>
+U* thread_buffer(int which, std::int64_t count) {
+  thread_local std::vector<U> buffers[3];
+  auto& b = buffers[which];
+  if (static_cast<std::int64_t>(b.size()) < count) {
+    b.resize(static_cast<std::size_t>(count));
+  }
+  return b.data();
+}
+
+// panel [kc][16] = W [kc, width <= 16], zero-padded. Rows of W a power of two apart fall into one
+// L1 set; the micro-kernels read the contiguous panel instead, once per chunk of rows of A. The
+// rows of W are prefetched a few tiles ahead (the copy of each row walks it front to back).
+template <class TW>
+void copy_panel(TW* panel, const TW* w, std::int64_t ldw, std::int64_t kc, std::int64_t width) {
+  for (std::int64_t kk = 0; kk < kc; ++kk) {
+    const TW* row = w + kk * ldw;
+    __builtin_prefetch(row + prefetch_tiles * tile_cols, 0, 1);
+    if (width == tile_cols) {
+      std::copy(row, row + tile_cols, panel + kk * tile_cols);
+    } else {
+      std::copy(row, row + width, panel + kk * tile_cols);
+      std::fill(panel + kk * tile_cols + width, panel + (kk + 1) * tile_cols, TW{});
+    }
+  }
+}
+
+// acc [M, nc] (row stride acc_stride) = A W[:, nb:nb+nc) for each column block of one thread's
+// columns [n_begin, n_end); `done(nb, nb + nc)` then folds the block into C. Within a block, W
+// is walked KC rows at a time, 16 columns per tile: KC short runs that each read their row front
+// to back, few enough for the hardware to stream alongside the software prefetch.
+template <class TW, class Done>
+void columns(std::int64_t m,
+             std::int64_t k,
+             const float* a,
+             std::int64_t lda,
+             View<const TW> w,
+             std::int64_t n_begin,
+             std::int64_t n_end,
+             float* acc,
+             Done&& done) {
+  // Rows of M in near-equal chunks of at most tile_rows: each W tile is reused from L1.
+  const std::int64_t chunks = (m + tile_rows - 1) / tile_rows;
+  TW* panel = thread_buffer<TW>(0, block_k * tile_cols);  // [KC, 16]
+  for (std::int64_t nb = n_begin; nb < n_end; nb += block_n) {
+    const std::int64_t nc = std::min(block_n, n_end - nb);
+    for (std::int64_t kb = 0; kb < k; kb += block_k) {
+      const std::int64_t kc = std::min(block_k, k - kb);
+      for (std::int64_t n0 = 0; n0 < nc; n0 += tile_cols) {
+        const std::int64_t width = std::min<std::int64_t>(tile_cols, nc - n0);
+        copy_panel(panel, w.data + kb * w.stride + nb + n0, w.stride, kc, width);
+        for (std::int64_t ch = 0; ch < chunks; ++ch) {
+          const std::int64_t r0 = m * ch / chunks;
+          const std::int64_t mr = m * (ch + 1) / chunks - r0;
+          micro_kernel_rows(static_cast<int>(mr),
+                            acc + r0 * acc_stride + n0,
+                            acc_stride,
+                            kb > 0,
+                            a + r0 * lda + kb,
+                            lda,
+                            panel,
+                            std::int64_t{tile_cols},
+                            kc);
+        }
+      }
+    }
+    done(nb, nb + nc);
+  }
+}
+
+}  // namespace skinny_detail
+
+// C [M, N] = alpha A [M, K] W [K, N] + beta C for M <= skinny_max_rows. A and C are float or bf16
+// (T), W float or bf16 (TW); products accumulate in float and C is rounded once. beta = 0 ignores
+// what C held. C must not overlap A or W.
+template <class T, class TW>
+void skinny_gemm(View<T> c, View<const T> a, View<const TW> w, double alpha, double beta) {
+  static_assert(skinny_supported_v<T> && skinny_supported_v<TW>,
+                "skinny_gemm multiplies float or bf16; double goes to the GEMM provider");
+  constexpr const char* op = "skinny_gemm";
+  MMSPARSE_CHECK(a.rows <= skinny_max_rows,
+                 op,
+                 "a",
+                 "at most " + std::to_string(skinny_max_rows) + " rows",
+                 a.shape());
+  MMSPARSE_CHECK(w.rows == a.cols, op, "w", "rows = a.cols = " + std::to_string(a.cols), w.shape());
+  MMSPARSE_CHECK(c.rows == a.rows && c.cols == w.cols, op, "c", (Shape{a.rows, w.cols}), c.shape());
+  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
+  MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
+  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
+  const std::int64_t m = c.rows;
+  const std::int64_t n = c.cols;
+  const std::int64_t k = a.cols;
+  if (m == 0 || n == 0) {
+    return;
+  }
+  const auto fa = static_cast<float>(alpha);
+  const auto fb = static_cast<float>(beta);
+  // c[i, j] = fa * acc + fb * c[i, j]; beta = 0 never reads C (it may hold NaN).
+  auto store = [&](std::int64_t i, std::int64_t j0, std::int64_t j1, const float* acc) {
+    T* row = c.row(i);
+    for (std::int64_t j = j0; j < j1; ++j) {
+      const float v = fa * acc[j - j0];
+      row[j] = scalar_cast<T>(beta == 0.0 ? v : v + fb * scalar_cast<float>(row[j]));
+    }
+  };
+  if (k == 0) {
+    const float zero[skinny_detail::tile_cols] = {};
+    for (std::int64_t i = 0; i < m; ++i) {
+      for (std::int64_t j = 0; j < n; j += skinny_detail::tile_cols) {
+        store(i, j, std::min(n, j + skinny_detail::tile_cols), zero);
+      }
+    }
+    return;
+  }
+  // A as float rows: the caller's memory, or widened once by the calling thread.
+  const float* ap = nullptr;
+  std::int64_t lda = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    ap = a.data;
+    lda = a.stride;
+  } else {
+    float* wide = skinny_detail::thread_buffer<float>(2, m * k);
+    for (std::int64_t i = 0; i < m; ++i) {
+      for (std::int64_t j = 0; j < k; ++j) {
+        wide[i * k + j] = scalar_cast<float>(a(i, j));
+      }
+    }
+    ap = wide;
+    lda = k;
+  }
+  const std::int64_t tiles = (n + skinny_detail::tile_cols - 1) / skinny_detail::tile_cols;
+  int threads = 1;
+#if defined(_OPENMP)
+  if (m * n * k >= skinny_detail::parallel_min && !omp_in_parallel()) {
+    threads = static_cast<int>(std::min<std::int64_t>(omp_get_max_threads(), tiles));
+  }
+#endif
+  auto run = [&](int t, int nt) {
+    // Whole 16-column tiles per thread: no two threads write one cache line of C.
+    const std::int64_t n_begin = std::min(n, tiles * t / nt * skinny_detail::tile_cols);
+    const std::int64_t n_end = std::min(n, tiles * (t + 1) / nt * skinny_detail::tile_cols);
+    if (n_begin >= n_end) {
+      return;
+    }
+    float* acc = skinny_detail::thread_buffer<float>(1, m * skinny_detail::acc_stride);  // [M, NC]
+    skinny_detail::columns(
+        m, k, ap, lda, w, n_begin, n_end, acc, [&](std::int64_t j0, std::int64_t j1) {
+          for (std::int64_t i = 0; i < m; ++i) {
+            store(i, j0, j1, acc + i * skinny_detail::acc_stride);
+          }
+        });
+  };
+  if (threads <= 1) {
+    run(0, 1);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+  run(omp_get_thread_num(), omp_get_num_threads());
+#endif
+}
+
+// Whether a grouped GEMM has a segment the skinny kernel takes (1..skinny_max_rows rows).
+[[nodiscard]] inline bool has_skinny_segment(std::span<const std::int64_t> offsets) {
+  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+    const std::int64_t count = offsets[e + 1] - offsets[e];
+    if (count > 0 && count <= skinny_max_rows) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Validates C_e = A_e W_e over the segments `offsets` (E + 1 non-decreasing row offsets into a
+// and c) of a stacked weight w [E * K, N], W not transposed. Returns the block rows K.
+template <class T, class TW>
+std::int64_t check_grouped_gemm(const char* op,
+                                View<T> c,
+                                View<const T> a,
+                                View<const TW> w,
+                                std::span<const std::int64_t> offsets) {
+  MMSPARSE_CHECK(offsets.size() >= 2, op, "offsets", "E + 1 >= 2 entries", offsets.size());
+  MMSPARSE_CHECK(offsets.front() >= 0, op, "offsets[0]", ">= 0", offsets.front());
+  for (std::size_t e = 1; e < offsets.size(); ++e) {
+    MMSPARSE_CHECK(offsets[e] >= offsets[e - 1],
+                   op,
+                   "offsets",
+                   "non-decreasing values",
+                   "offsets[" + std::to_string(e) + "] = " + std::to_string(offsets[e]) + " < " +
+                       std::to_string(offsets[e - 1]));
+  }
+  MMSPARSE_CHECK(offsets.back() <= a.rows,
+                 op,
+                 "offsets",
+                 "a last value <= " + std::to_string(a.rows) + " rows",
+                 offsets.back());
+  const auto experts = static_cast<std::int64_t>(offsets.size()) - 1;
+  MMSPARSE_CHECK(w.rows % experts == 0,
+                 op,
+                 "w",
+                 "rows divisible by the " + std::to_string(experts) + " experts",
+                 w.shape());
+  const std::int64_t block = w.rows / experts;
+  MMSPARSE_CHECK(a.cols == block, op, "a", "cols = " + std::to_string(block), a.shape());
+  MMSPARSE_CHECK(c.rows == a.rows && c.cols == w.cols, op, "c", (Shape{a.rows, w.cols}), c.shape());
+  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
+  MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
+  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
+  return block;
+}
+
+}  // namespace mmsparse::cpu

@@ -1,0 +1,344 @@
+// test/backend/cpu/skinny_gemm_test.cpp
+//
+// The small-M GEMM against a naive double loop: every M up to 16, N not a multiple of the vector
+// width (and past one column block), odd K (past one K block), strided views, alpha/beta, f32 and
+// bf16 weights (oracle on the bf16 values), bf16 activations; through CpuBackend::gemm and
+// grouped_gemm with empty, skinny and large segments in one call; errors name the argument.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include <mmsparse/backend/cpu/backend.hpp>
+#include <mmsparse/backend/cpu/eigen_gemm.hpp>
+#include <mmsparse/backend/cpu/skinny_gemm.hpp>
+#include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/error.hpp>
+#include <mmsparse/core/rng.hpp>
+#include <mmsparse/core/tensor.hpp>
+#if defined(MMSPARSE_WITH_ONEDNN)
+#include <mmsparse/backend/cpu/onednn_gemm.hpp>
+#endif
+
+namespace mm = mmsparse;
+using mm::Trans;
+
+namespace {
+
+// A [rows, cols] matrix in a buffer with `pad` extra random columns per row.
+template <class T>
+struct Padded {
+  mm::Tensor<T> storage;
+  mm::View<T> view;
+  [[nodiscard]] mm::View<const T> cview() const {
+    return view;
+  }
+};
+
+template <class T>
+Padded<T> random_padded(std::int64_t rows,
+                        std::int64_t cols,
+                        std::int64_t pad,
+                        std::uint64_t seed) {
+  Padded<T> p;
+  p.storage = mm::Tensor<T>(std::max<std::int64_t>(rows, 1), cols + pad);
+  mm::Rng rng(seed);
+  for (std::int64_t i = 0; i < p.storage.size(); ++i) {
+    p.storage.data()[i] = mm::scalar_cast<T>(rng.normal());
+  }
+  p.view = mm::View<T>(p.storage.data(), rows, cols, cols + pad);
+  return p;
+}
+
+struct Reference {
+  std::vector<double> value;  // [m, n]
+  std::vector<double> bound;  // |alpha| sum |a||w| + |beta c0|: scale of the rounding error
+};
+
+// alpha a w + beta c0 in double over the stored values (bf16 weights: the rounded ones).
+template <class T, class TW>
+Reference reference(
+    mm::View<const T> c0, mm::View<const T> a, mm::View<const TW> w, double alpha, double beta) {
+  const std::int64_t m = c0.rows;
+  const std::int64_t n = c0.cols;
+  Reference r{std::vector<double>(static_cast<std::size_t>(m * n)),
+              std::vector<double>(static_cast<std::size_t>(m * n))};
+  for (std::int64_t i = 0; i < m; ++i) {
+    for (std::int64_t j = 0; j < n; ++j) {
+      double s = 0.0;
+      double abs = 0.0;
+      for (std::int64_t l = 0; l < a.cols; ++l) {
+        const double p = mm::scalar_cast<double>(a(i, l)) * mm::scalar_cast<double>(w(l, j));
+        s += p;
+        abs += std::fabs(p);
+      }
+      const double c = beta == 0.0 ? 0.0 : beta * mm::scalar_cast<double>(c0(i, j));
+      r.value[static_cast<std::size_t>(i * n + j)] = alpha * s + c;
+      r.bound[static_cast<std::size_t>(i * n + j)] = std::fabs(alpha) * abs + std::fabs(c);
+    }
+  }
+  return r;
+}
+
+// Within the float accumulation bound (K + 4) u, plus one bf16 rounding of the output where C
+// is bf16.
+template <class T>
+void require_close(mm::View<const T> c,
+                   const Reference& r,
+                   std::int64_t k,
+                   const std::string& what) {
+  const double tol = static_cast<double>(k + 4) * 1.2e-7;
+  const double out = std::is_same_v<T, mm::bf16> ? 0x1.0p-8 : 0.0;
+  for (std::int64_t i = 0; i < c.rows; ++i) {
+    for (std::int64_t j = 0; j < c.cols; ++j) {
+      const auto idx = static_cast<std::size_t>(i * c.cols + j);
+      const double got = mm::scalar_cast<double>(c(i, j));
+      INFO(what << " at (" << i << ", " << j << "): got " << got << ", want " << r.value[idx]);
+      REQUIRE(std::fabs(got - r.value[idx]) <=
+              tol * r.bound[idx] + out * std::fabs(r.value[idx]) + 1e-30);
+    }
+  }
+}
+
+// The padding columns of `after` equal those of `before` (nothing written outside the view).
+template <class T>
+void require_padding_kept(const Padded<T>& after, const mm::Tensor<T>& before) {
+  for (std::int64_t i = 0; i < after.view.rows; ++i) {
+    for (std::int64_t j = after.view.cols; j < after.storage.cols(); ++j) {
+      REQUIRE(mm::scalar_cast<double>(after.storage(i, j)) ==
+              mm::scalar_cast<double>(before(i, j)));
+    }
+  }
+}
+
+// skinny_gemm over every M, a few N and K, two (alpha, beta), strided A, W and C.
+template <class T, class TW>
+void check_shapes(std::uint64_t seed) {
+  const std::vector<std::int64_t> ms = {1, 2, 3, 4, 5, 7, 8, 15, 16};
+  const std::vector<std::int64_t> ns = {1, 7, 37, 300};
+  const std::vector<std::int64_t> ks = {3, 301};  // 301: three K blocks, the last partial
+  const std::vector<std::pair<double, double>> scalars = {{1.0, 0.0}, {0.75, -1.5}};
+  for (const std::int64_t m : ms) {
+    for (const std::int64_t n : ns) {
+      for (const std::int64_t k : ks) {
+        for (const auto& [alpha, beta] : scalars) {
+          auto a = random_padded<T>(m, k, 3, ++seed);
+          auto w = random_padded<TW>(k, n, 5, ++seed);
+          auto c = random_padded<T>(m, n, 2, ++seed);
+          const auto before = c.storage.clone();
+          const mm::View<const T> c0(before.data(), m, n, before.cols());
+          const Reference r = reference(c0, a.cview(), w.cview(), alpha, beta);
+          mm::cpu::skinny_gemm(c.view, a.cview(), w.cview(), alpha, beta);
+          require_close(c.cview(),
+                        r,
+                        k,
+                        "m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                            " k=" + std::to_string(k) + " beta=" + std::to_string(beta));
+          require_padding_kept(c, before);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("skinny_gemm f32 matches a double loop: every M, odd N and K, strides, alpha/beta",
+          "[backend][cpu]") {
+  check_shapes<float, float>(100);
+}
+
+TEST_CASE("skinny_gemm bf16 weights match a double loop over the bf16 values", "[backend][cpu]") {
+  check_shapes<float, mm::bf16>(2000);
+}
+
+TEST_CASE("skinny_gemm bf16 activations and weights: one bf16 rounding of the output",
+          "[backend][cpu]") {
+  check_shapes<mm::bf16, mm::bf16>(4000);
+}
+
+TEST_CASE("skinny_gemm past one column block, on one and several threads", "[backend][cpu]") {
+  // (5, 67, 2100): large enough for the parallel region, a 4-column edge tile; (1, 31, 4500):
+  // one thread over three 2048-column blocks.
+  struct Case {
+    std::int64_t m, k, n;
+  };
+  std::uint64_t seed = 7;
+  for (const Case s : {Case{5, 67, 2100}, Case{1, 31, 4500}}) {
+    auto a = random_padded<float>(s.m, s.k, 1, ++seed);
+    auto w = random_padded<float>(s.k, s.n, 9, ++seed);
+    auto c = random_padded<float>(s.m, s.n, 3, ++seed);
+    const auto before = c.storage.clone();
+    const Reference r = reference(mm::View<const float>(before.data(), s.m, s.n, before.cols()),
+                                  a.cview(),
+                                  w.cview(),
+                                  -2.0,
+                                  0.5);
+    mm::cpu::skinny_gemm(c.view, a.cview(), w.cview(), -2.0, 0.5);
+    require_close(c.cview(), r, s.k, "wide n=" + std::to_string(s.n));
+    require_padding_kept(c, before);
+  }
+}
+
+TEST_CASE("skinny_gemm edge cases: beta = 0 ignores C, K = 0 scales C, empty outputs",
+          "[backend][cpu]") {
+  auto a = random_padded<float>(3, 9, 0, 21);
+  auto w = random_padded<float>(9, 5, 0, 22);
+  mm::Tensor<float> c(3, 5);
+  c.fill(std::numeric_limits<float>::quiet_NaN());
+  const mm::Tensor<float> zeros(3, 5);
+  const Reference r = reference(mm::View<const float>(zeros), a.cview(), w.cview(), 1.5, 0.0);
+  mm::cpu::skinny_gemm(c.view(), a.cview(), w.cview(), 1.5, 0.0);
+  require_close(mm::View<const float>(c), r, 9, "beta=0 over NaN");
+
+  mm::Tensor<float> empty_a(3, 0);
+  mm::Tensor<float> empty_w(0, 5);
+  mm::Tensor<float> c2(3, 5);
+  c2.fill(2.0f);
+  mm::cpu::skinny_gemm(
+      c2.view(), mm::View<const float>(empty_a), mm::View<const float>(empty_w), 1.0, -0.5);
+  REQUIRE(c2(2, 4) == -1.0f);
+  mm::cpu::skinny_gemm(
+      c2.view(), mm::View<const float>(empty_a), mm::View<const float>(empty_w), 1.0, 0.0);
+  REQUIRE(c2(1, 3) == 0.0f);
+
+  mm::Tensor<float> none(0, 5);
+  mm::Tensor<float> a0(0, 9);
+  mm::cpu::skinny_gemm(none.view(), mm::View<const float>(a0), w.cview(), 1.0, 0.0);  // no-op
+}
+
+TEST_CASE("skinny_gemm rejects bad shapes, naming the argument, before writing", "[backend][cpu]") {
+  auto a = random_padded<float>(4, 6, 0, 31);
+  auto w = random_padded<float>(6, 3, 0, 32);
+  mm::Tensor<float> c(4, 3);
+  c.fill(7.0f);
+  auto tall = random_padded<float>(17, 6, 0, 33);
+  mm::Tensor<float> c_tall(17, 3);
+  REQUIRE_THROWS_WITH(mm::cpu::skinny_gemm(c_tall.view(), tall.cview(), w.cview(), 1.0, 0.0),
+                      Catch::Contains("[skinny_gemm] a:") && Catch::Contains("at most 16 rows"));
+  REQUIRE_THROWS_WITH(
+      mm::cpu::skinny_gemm(c.view(), a.cview(), w.cview().row_block(0, 5), 1.0, 0.0),
+      Catch::Contains("[skinny_gemm] w:"));
+  REQUIRE_THROWS_WITH(
+      mm::cpu::skinny_gemm(c.view().col_block(0, 2), a.cview(), w.cview(), 1.0, 0.0),
+      Catch::Contains("[skinny_gemm] c:"));
+  REQUIRE_THROWS_AS(
+      mm::cpu::skinny_gemm(mm::View<float>(c.data(), 4, 3, 2), a.cview(), w.cview(), 1.0, 0.0),
+      mm::Error);
+  REQUIRE(c(0, 0) == 7.0f);
+  REQUIRE(c(3, 2) == 7.0f);
+}
+
+namespace {
+
+// CpuBackend::grouped_gemm (W not transposed) with empty, skinny and large segments and a row
+// before the first one, against the oracle per segment.
+template <class T, class B>
+void check_grouped(B& b, const std::string& what) {
+  const std::vector<std::int64_t> offsets = {1, 1, 4, 44, 45, 61, 78};  // 0, 3, 40, 1, 16, 17
+  const std::int64_t experts = static_cast<std::int64_t>(offsets.size()) - 1;
+  const std::int64_t rows = offsets.back() + 2;
+  const std::int64_t k = 37;
+  const std::int64_t n = 29;
+  std::uint64_t seed = 500;
+  for (const auto& [alpha, beta] : {std::pair{1.0, 0.0}, std::pair{0.5, 2.0}}) {
+    auto a = random_padded<T>(rows, k, 3, ++seed);
+    auto w = random_padded<T>(experts * k, n, 1, ++seed);
+    auto c = random_padded<T>(rows, n, 2, ++seed);
+    const auto before = c.storage.clone();
+    b.grouped_gemm(c.view, a.cview(), w.cview(), Trans::no, offsets, alpha, beta);
+    require_padding_kept(c, before);
+    for (std::int64_t e = 0; e < experts; ++e) {
+      const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
+      const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
+      const mm::View<const T> c0(before.data(), rows, n, before.cols());
+      const Reference r = reference(c0.row_block(begin, count),
+                                    a.cview().row_block(begin, count),
+                                    w.cview().row_block(e * k, k),
+                                    alpha,
+                                    beta);
+      require_close(
+          c.cview().row_block(begin, count),
+          r,
+          k,
+          what + " expert " + std::to_string(e) + " (" + std::to_string(count) + " rows)");
+    }
+    // Rows outside every segment are untouched.
+    for (const std::int64_t i : {std::int64_t{0}, rows - 2, rows - 1}) {
+      for (std::int64_t j = 0; j < n; ++j) {
+        REQUIRE(mm::scalar_cast<double>(c.view(i, j)) == mm::scalar_cast<double>(before(i, j)));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("CpuBackend::grouped_gemm mixes skinny and provider segments in one call",
+          "[backend][cpu]") {
+  SECTION("default provider, f32") {
+    mm::CpuBackend<float> b;
+    check_grouped<float>(b, "default f32");
+  }
+  SECTION("Eigen provider, f32") {
+    mm::CpuBackend<float, mm::cpu::EigenGemm> b;
+    check_grouped<float>(b, "eigen f32");
+  }
+  SECTION("default provider, bf16") {
+    mm::CpuBackend<mm::bf16> b;
+    check_grouped<mm::bf16>(b, "default bf16");
+  }
+}
+
+#if defined(MMSPARSE_WITH_ONEDNN)
+TEST_CASE("Skinny segments multiply the caller's weights: only large ones are packed",
+          "[backend][cpu]") {
+  mm::CpuBackend<float, mm::cpu::OnednnGemm> b;
+  b.gemm_provider_instance() = mm::cpu::OnednnGemm({.pack = mm::cpu::PackMode::always});
+  check_grouped<float>(b, "onednn packed");
+  // Two calls, two large segments (40 and 17 rows): two blocks packed, reused once.
+  REQUIRE(b.gemm_provider_instance().stats().packs == 4);  // new weights in the second call
+}
+#endif
+
+TEST_CASE("CpuBackend::grouped_gemm validates before writing a skinny segment", "[backend][cpu]") {
+  mm::CpuBackend<float> b;
+  auto a = random_padded<float>(6, 4, 0, 41);
+  auto w = random_padded<float>(2 * 4, 3, 0, 42);
+  mm::Tensor<float> c(6, 3);
+  c.fill(7.0f);
+  const std::vector<std::int64_t> decreasing = {0, 3, 2};
+  REQUIRE_THROWS_WITH(
+      b.grouped_gemm(c.view(), a.cview(), w.cview(), Trans::no, decreasing, 1.0, 0.0),
+      Catch::Contains("[CpuBackend::grouped_gemm] offsets:"));
+  const std::vector<std::int64_t> past_end = {0, 2, 7};
+  REQUIRE_THROWS_WITH(b.grouped_gemm(c.view(), a.cview(), w.cview(), Trans::no, past_end, 1.0, 0.0),
+                      Catch::Contains("[CpuBackend::grouped_gemm] offsets:"));
+  const std::vector<std::int64_t> ok = {0, 2, 6};
+  REQUIRE_THROWS_WITH(
+      b.grouped_gemm(c.view().col_block(0, 2), a.cview(), w.cview(), Trans::no, ok, 1.0, 0.0),
+      Catch::Contains("[CpuBackend::grouped_gemm] c:"));
+  REQUIRE(c(0, 0) == 7.0f);
+  REQUIRE(c(5, 2) == 7.0f);
+}
+
+TEST_CASE("CpuBackend::gemm: skinny and provider products agree with the oracle",
+          "[backend][cpu]") {
+  mm::CpuBackend<float> b;
+  for (const std::int64_t m : {std::int64_t{3}, std::int64_t{16}, std::int64_t{17}}) {
+    auto a = random_padded<float>(m, 45, 2, 60 + static_cast<std::uint64_t>(m));
+    auto w = random_padded<float>(45, 19, 1, 70 + static_cast<std::uint64_t>(m));
+    auto c = random_padded<float>(m, 19, 3, 80 + static_cast<std::uint64_t>(m));
+    const auto before = c.storage.clone();
+    const Reference r = reference(
+        mm::View<const float>(before.data(), m, 19, before.cols()), a.cview(), w.cview(), 0.5, 1.0);
+    b.gemm(c.view, a.cview(), Trans::no, w.cview(), Trans::no, 0.5, 1.0);
+    require_close(c.cview(), r, 45, "gemm m=" + std::to_string(m));
+    require_padding_kept(c, before);
+  }
+}
