@@ -10,7 +10,8 @@ import json
 
 
 def fmt(name, value):
-    if "FLOP" in name.upper() or name.endswith(("/s", "per_second", "_Bps")):
+    rate = "FLOP" in name.upper() or name.endswith(("/s", "per_second", "_Bps"))
+    if rate and abs(value) >= 1e7:  # a raw rate (FLOP/s, bytes/s): shown in G/s
         return f"{value / 1e9:.1f}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
