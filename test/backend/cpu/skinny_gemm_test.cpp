@@ -14,6 +14,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "backend/cpu/gemm_checks.hpp"
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/backend/cpu/eigen_gemm.hpp>
 #include <mmsparse/backend/cpu/skinny_gemm.hpp>
@@ -30,30 +31,8 @@ using mm::Trans;
 
 namespace {
 
-// A [rows, cols] matrix in a buffer with `pad` extra random columns per row.
-template <class T>
-struct Padded {
-  mm::Tensor<T> storage;
-  mm::View<T> view;
-  [[nodiscard]] mm::View<const T> cview() const {
-    return view;
-  }
-};
-
-template <class T>
-Padded<T> random_padded(std::int64_t rows,
-                        std::int64_t cols,
-                        std::int64_t pad,
-                        std::uint64_t seed) {
-  Padded<T> p;
-  p.storage = mm::Tensor<T>(std::max<std::int64_t>(rows, 1), cols + pad);
-  mm::Rng rng(seed);
-  for (std::int64_t i = 0; i < p.storage.size(); ++i) {
-    p.storage.data()[i] = mm::scalar_cast<T>(rng.normal());
-  }
-  p.view = mm::View<T>(p.storage.data(), rows, cols, cols + pad);
-  return p;
-}
+using mm::gemm_checks::Padded;
+using mm::gemm_checks::random_padded;
 
 struct Reference {
   std::vector<double> value;  // [m, n]
