@@ -22,10 +22,12 @@
 #include <concepts>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include <mmsparse/backend/workspace.hpp>
 #include <mmsparse/core/dtype.hpp>
+#include <mmsparse/core/error.hpp>
 #include <mmsparse/core/view.hpp>
 
 namespace mmsparse {
@@ -35,6 +37,29 @@ enum class Trans { no, yes };
 // A grouped GEMM: expert e multiplies rows [offsets[e], offsets[e+1]) of the
 // input by block e of a stacked weight. `offsets` (E + 1 entries) live on the host.
 using SegmentOffsets = std::span<const std::int64_t>;
+
+// Validates grouped-GEMM segments over `rows` rows: E + 1 >= 2 non-decreasing offsets from >= 0
+// to <= rows. Returns E. Every backend's grouped products call it first.
+inline std::int64_t check_segment_offsets(const char* op,
+                                          SegmentOffsets offsets,
+                                          std::int64_t rows) {
+  MMSPARSE_CHECK(offsets.size() >= 2, op, "offsets", "E + 1 >= 2 entries", offsets.size());
+  MMSPARSE_CHECK(offsets.front() >= 0, op, "offsets[0]", ">= 0", offsets.front());
+  for (std::size_t e = 1; e < offsets.size(); ++e) {
+    MMSPARSE_CHECK(offsets[e] >= offsets[e - 1],
+                   op,
+                   "offsets",
+                   "non-decreasing values",
+                   "offsets[" + std::to_string(e) + "] = " + std::to_string(offsets[e]) + " < " +
+                       std::to_string(offsets[e - 1]));
+  }
+  MMSPARSE_CHECK(offsets.back() <= rows,
+                 op,
+                 "offsets",
+                 "a last value <= " + std::to_string(rows) + " rows",
+                 offsets.back());
+  return static_cast<std::int64_t>(offsets.size()) - 1;
+}
 
 template <class B>
 concept backend = requires(B& b,

@@ -251,30 +251,11 @@ void check_gemm(View<T> c, View<const T> a, Trans ta, View<const T> b, Trans tb)
   MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
 }
 
-inline std::int64_t check_offsets(const char* op, SegmentOffsets offsets, std::int64_t rows) {
-  MMSPARSE_CHECK(offsets.size() >= 2, op, "offsets", "E + 1 >= 2 entries", offsets.size());
-  MMSPARSE_CHECK(offsets.front() >= 0, op, "offsets[0]", ">= 0", offsets.front());
-  for (std::size_t e = 1; e < offsets.size(); ++e) {
-    MMSPARSE_CHECK(offsets[e] >= offsets[e - 1],
-                   op,
-                   "offsets",
-                   "non-decreasing values",
-                   "offsets[" + std::to_string(e) + "] = " + std::to_string(offsets[e]) + " < " +
-                       std::to_string(offsets[e - 1]));
-  }
-  MMSPARSE_CHECK(offsets.back() <= rows,
-                 op,
-                 "offsets",
-                 "a last value <= " + std::to_string(rows) + " rows",
-                 offsets.back());
-  return static_cast<std::int64_t>(offsets.size()) - 1;
-}
-
 template <class T>
 std::int64_t check_grouped(
     View<T> c, View<const T> a, View<const T> w, Trans tw, SegmentOffsets offsets) {
   const char* op = "OnednnGemm::grouped_gemm";
-  const std::int64_t experts = check_offsets(op, offsets, a.rows);
+  const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
   MMSPARSE_CHECK(w.rows % experts == 0,
                  op,
                  "w",

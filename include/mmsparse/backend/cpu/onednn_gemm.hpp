@@ -131,7 +131,7 @@ class OnednnGemm {
                                 double alpha,
                                 double beta) {
     const char* op = "OnednnGemm::grouped_gemm_weight_grad";
-    const std::int64_t experts = onednn_detail::check_offsets(op, offsets, a.rows);
+    const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
     MMSPARSE_CHECK(w.rows % experts == 0,
                    op,
                    "w",

@@ -19,6 +19,7 @@
 #include <omp.h>
 #endif
 
+#include <mmsparse/backend/concepts.hpp>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/view.hpp>
@@ -336,22 +337,7 @@ std::int64_t check_grouped_gemm(const char* op,
                                 View<const T> a,
                                 View<const TW> w,
                                 std::span<const std::int64_t> offsets) {
-  MMSPARSE_CHECK(offsets.size() >= 2, op, "offsets", "E + 1 >= 2 entries", offsets.size());
-  MMSPARSE_CHECK(offsets.front() >= 0, op, "offsets[0]", ">= 0", offsets.front());
-  for (std::size_t e = 1; e < offsets.size(); ++e) {
-    MMSPARSE_CHECK(offsets[e] >= offsets[e - 1],
-                   op,
-                   "offsets",
-                   "non-decreasing values",
-                   "offsets[" + std::to_string(e) + "] = " + std::to_string(offsets[e]) + " < " +
-                       std::to_string(offsets[e - 1]));
-  }
-  MMSPARSE_CHECK(offsets.back() <= a.rows,
-                 op,
-                 "offsets",
-                 "a last value <= " + std::to_string(a.rows) + " rows",
-                 offsets.back());
-  const auto experts = static_cast<std::int64_t>(offsets.size()) - 1;
+  const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
   MMSPARSE_CHECK(w.rows % experts == 0,
                  op,
                  "w",

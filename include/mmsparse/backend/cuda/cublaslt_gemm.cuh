@@ -335,27 +335,12 @@ class CublasLtGemm {
                                     SegmentOffsets offsets,
                                     std::int64_t rows,
                                     std::int64_t weight_rows) {
-    MMSPARSE_CHECK(offsets.size() >= 2, op, "offsets", "E + 1 >= 2 entries", offsets.size());
-    const auto experts = static_cast<std::int64_t>(offsets.size()) - 1;
+    const std::int64_t experts = check_segment_offsets(op, offsets, rows);
     MMSPARSE_CHECK(weight_rows % experts == 0,
                    op,
                    "w",
                    "rows divisible by E = " + std::to_string(experts),
                    weight_rows);
-    MMSPARSE_CHECK(offsets.front() >= 0, op, "offsets[0]", ">= 0", offsets.front());
-    for (std::int64_t e = 0; e < experts; ++e) {
-      MMSPARSE_CHECK(
-          offsets[static_cast<std::size_t>(e)] <= offsets[static_cast<std::size_t>(e + 1)],
-          op,
-          "offsets",
-          "non-decreasing",
-          "a decrease after entry " + std::to_string(e));
-    }
-    MMSPARSE_CHECK(offsets.back() <= rows,
-                   op,
-                   "offsets",
-                   "a last entry <= " + std::to_string(rows),
-                   offsets.back());
     return experts;
   }
 
