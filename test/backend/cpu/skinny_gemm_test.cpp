@@ -2,8 +2,9 @@
 //
 // The small-M GEMM against a naive double loop: every M up to 16, N not a multiple of the vector
 // width (and past one column block), odd K (past one K block), strided views, alpha/beta, f32 and
-// bf16 weights (oracle on the bf16 values), bf16 activations; through CpuBackend::gemm and
-// grouped_gemm with empty, skinny and large segments in one call; errors name the argument.
+// bf16 weights (oracle on the bf16 values), bf16 activations, W row-major and in panels; through
+// CpuBackend::gemm and grouped_gemm with empty, skinny and large segments in one call; the panel
+// copies of CpuBackend (packed on second use, never stale); errors name the argument.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -18,6 +19,7 @@
 #include <mmsparse/backend/cpu/backend.hpp>
 #include <mmsparse/backend/cpu/eigen_gemm.hpp>
 #include <mmsparse/backend/cpu/skinny_gemm.hpp>
+#include <mmsparse/backend/cpu/skinny_pack.hpp>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/rng.hpp>
@@ -95,7 +97,41 @@ void require_padding_kept(const Padded<T>& after, const mm::Tensor<T>& before) {
   }
 }
 
-// skinny_gemm over every M, a few N and K, two (alpha, beta), strided A, W and C.
+// W in the panel layout (pack_skinny_panels), for the overload of skinny_gemm that streams it.
+template <class TW>
+struct Packed {
+  std::vector<TW> storage;
+  mm::cpu::SkinnyPanels<TW> panels;
+};
+template <class TW>
+Packed<TW> pack(mm::View<const TW> w) {
+  Packed<TW> p;
+  p.storage.resize(static_cast<std::size_t>(mm::cpu::SkinnyPanels<TW>::size(w.rows, w.cols)),
+                   TW(-3.0f));
+  p.panels = {p.storage.data(), w.rows, w.cols};
+  mm::cpu::pack_skinny_panels(p.panels, w);
+  return p;
+}
+
+enum class Layout { row_major, panels };
+
+template <class T, class TW>
+void run_skinny(Layout layout,
+                mm::View<T> c,
+                mm::View<const T> a,
+                mm::View<const TW> w,
+                double alpha,
+                double beta) {
+  if (layout == Layout::row_major) {
+    mm::cpu::skinny_gemm(c, a, w, alpha, beta);
+  } else {
+    const Packed<TW> p = pack(w);
+    mm::cpu::skinny_gemm(c, a, mm::cpu::SkinnyPanels<const TW>(p.panels), alpha, beta);
+  }
+}
+
+// skinny_gemm over every M, a few N and K, two (alpha, beta), strided A, W and C, with W
+// row-major and in panels.
 template <class T, class TW>
 void check_shapes(std::uint64_t seed) {
   const std::vector<std::int64_t> ms = {1, 2, 3, 4, 5, 7, 8, 15, 16};
@@ -106,19 +142,22 @@ void check_shapes(std::uint64_t seed) {
     for (const std::int64_t n : ns) {
       for (const std::int64_t k : ks) {
         for (const auto& [alpha, beta] : scalars) {
-          auto a = random_padded<T>(m, k, 3, ++seed);
-          auto w = random_padded<TW>(k, n, 5, ++seed);
-          auto c = random_padded<T>(m, n, 2, ++seed);
-          const auto before = c.storage.clone();
-          const mm::View<const T> c0(before.data(), m, n, before.cols());
-          const Reference r = reference(c0, a.cview(), w.cview(), alpha, beta);
-          mm::cpu::skinny_gemm(c.view, a.cview(), w.cview(), alpha, beta);
-          require_close(c.cview(),
-                        r,
-                        k,
-                        "m=" + std::to_string(m) + " n=" + std::to_string(n) +
-                            " k=" + std::to_string(k) + " beta=" + std::to_string(beta));
-          require_padding_kept(c, before);
+          for (const Layout layout : {Layout::row_major, Layout::panels}) {
+            auto a = random_padded<T>(m, k, 3, ++seed);
+            auto w = random_padded<TW>(k, n, 5, ++seed);
+            auto c = random_padded<T>(m, n, 2, ++seed);
+            const auto before = c.storage.clone();
+            const mm::View<const T> c0(before.data(), m, n, before.cols());
+            const Reference r = reference(c0, a.cview(), w.cview(), alpha, beta);
+            run_skinny(layout, c.view, a.cview(), w.cview(), alpha, beta);
+            require_close(c.cview(),
+                          r,
+                          k,
+                          "m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                              " k=" + std::to_string(k) + " beta=" + std::to_string(beta) +
+                              (layout == Layout::panels ? " panels" : " row-major"));
+            require_padding_kept(c, before);
+          }
         }
       }
     }
@@ -143,25 +182,63 @@ TEST_CASE("skinny_gemm bf16 activations and weights: one bf16 rounding of the ou
 
 TEST_CASE("skinny_gemm past one column block, on one and several threads", "[backend][cpu]") {
   // (5, 67, 2100): large enough for the parallel region, a 4-column edge tile; (1, 31, 4500):
-  // one thread over three 2048-column blocks.
+  // one thread over three 2048-column blocks; (16, 600, 2100): three row chunks and, in panels,
+  // three K slices (the last partial).
   struct Case {
     std::int64_t m, k, n;
   };
   std::uint64_t seed = 7;
-  for (const Case s : {Case{5, 67, 2100}, Case{1, 31, 4500}}) {
-    auto a = random_padded<float>(s.m, s.k, 1, ++seed);
-    auto w = random_padded<float>(s.k, s.n, 9, ++seed);
-    auto c = random_padded<float>(s.m, s.n, 3, ++seed);
-    const auto before = c.storage.clone();
-    const Reference r = reference(mm::View<const float>(before.data(), s.m, s.n, before.cols()),
-                                  a.cview(),
-                                  w.cview(),
-                                  -2.0,
-                                  0.5);
-    mm::cpu::skinny_gemm(c.view, a.cview(), w.cview(), -2.0, 0.5);
-    require_close(c.cview(), r, s.k, "wide n=" + std::to_string(s.n));
-    require_padding_kept(c, before);
+  for (const Case s : {Case{5, 67, 2100}, Case{1, 31, 4500}, Case{16, 600, 2100}}) {
+    for (const Layout layout : {Layout::row_major, Layout::panels}) {
+      auto a = random_padded<float>(s.m, s.k, 1, ++seed);
+      auto w = random_padded<float>(s.k, s.n, 9, ++seed);
+      auto c = random_padded<float>(s.m, s.n, 3, ++seed);
+      const auto before = c.storage.clone();
+      const Reference r = reference(mm::View<const float>(before.data(), s.m, s.n, before.cols()),
+                                    a.cview(),
+                                    w.cview(),
+                                    -2.0,
+                                    0.5);
+      run_skinny(layout, c.view, a.cview(), w.cview(), -2.0, 0.5);
+      require_close(c.cview(),
+                    r,
+                    s.k,
+                    "wide m=" + std::to_string(s.m) + " n=" + std::to_string(s.n) +
+                        (layout == Layout::panels ? " panels" : " row-major"));
+      require_padding_kept(c, before);
+    }
   }
+}
+
+TEST_CASE("pack_skinny_panels: panel p holds columns [16p, 16p + 16) as [K, 16], zero past N",
+          "[backend][cpu]") {
+  for (const std::int64_t n : {std::int64_t{16}, std::int64_t{37}}) {
+    auto w = random_padded<mm::bf16>(11, n, 3, 90 + static_cast<std::uint64_t>(n));
+    const Packed<mm::bf16> p = pack(w.cview());
+    REQUIRE(mm::cpu::SkinnyPanels<mm::bf16>::count(n) == (n + 15) / 16);
+    for (std::int64_t panel = 0; panel < mm::cpu::SkinnyPanels<mm::bf16>::count(n); ++panel) {
+      for (std::int64_t k = 0; k < 11; ++k) {
+        for (std::int64_t j = 0; j < 16; ++j) {
+          const double got = mm::scalar_cast<double>(p.panels.panel(panel)[k * 16 + j]);
+          const std::int64_t col = panel * 16 + j;
+          const double want = col < n ? mm::scalar_cast<double>(w.view(k, col)) : 0.0;
+          REQUIRE(got == want);
+        }
+      }
+    }
+  }
+  auto w = random_padded<float>(5, 9, 0, 95);
+  std::vector<float> out(static_cast<std::size_t>(mm::cpu::SkinnyPanels<float>::size(5, 9)));
+  REQUIRE_THROWS_WITH(
+      mm::cpu::pack_skinny_panels(mm::cpu::SkinnyPanels<float>{out.data(), 4, 9}, w.cview()),
+      Catch::Contains("[pack_skinny_panels] out:"));
+  auto a = random_padded<float>(2, 4, 0, 96);
+  mm::Tensor<float> c(2, 9);
+  const Packed<float> p = pack(w.cview());
+  REQUIRE_THROWS_WITH(
+      mm::cpu::skinny_gemm(
+          c.view(), a.cview(), mm::cpu::SkinnyPanels<const float>(p.panels), 1.0, 0.0),
+      Catch::Contains("[skinny_gemm] w:"));
 }
 
 TEST_CASE("skinny_gemm edge cases: beta = 0 ignores C, K = 0 scales C, empty outputs",
@@ -284,6 +361,75 @@ TEST_CASE("Skinny segments multiply the caller's weights: only large ones are pa
   REQUIRE(b.gemm_provider_instance().stats().packs == 4);  // new weights in the second call
 }
 #endif
+
+TEST_CASE("CpuBackend packs skinny weights on their second use and never uses a stale copy",
+          "[backend][cpu]") {
+  // Experts of 3 and 5 rows (skinny) and of 20 rows (the provider).
+  const std::vector<std::int64_t> offsets = {0, 3, 8, 28};
+  const std::int64_t k = 40;
+  const std::int64_t n = 70;
+  auto a = random_padded<float>(28, k, 1, 301);
+  auto w = random_padded<float>(3 * k, n, 2, 302);
+  const mm::Tensor<float> zeros(28, n);
+  auto check = [&](auto& b, const std::string& what) {
+    mm::Tensor<float> c(28, n);
+    c.fill(std::numeric_limits<float>::quiet_NaN());
+    b.grouped_gemm(c.view(), a.cview(), w.cview(), Trans::no, offsets, 1.0, 0.0);
+    for (std::int64_t e = 0; e < 3; ++e) {
+      const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
+      const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
+      const Reference r = reference(mm::View<const float>(zeros).row_block(begin, count),
+                                    a.cview().row_block(begin, count),
+                                    w.cview().row_block(e * k, k),
+                                    1.0,
+                                    0.0);
+      require_close(mm::View<const float>(c).row_block(begin, count),
+                    r,
+                    k,
+                    what + ", expert " + std::to_string(e));
+    }
+  };
+  mm::CpuBackend<float> b;
+  const auto& stats = b.skinny_pack_stats();
+  check(b, "first use");
+  REQUIRE((stats.unpacked == 2 && stats.packs == 0));
+  check(b, "second use");
+  REQUIRE((stats.packs == 2 && stats.hits == 0));
+  check(b, "third use");
+  REQUIRE((stats.packs == 2 && stats.hits == 2));
+  REQUIRE(stats.bytes == 2 * mm::cpu::SkinnyPanels<float>::size(k, n) * sizeof(float));
+
+  // One element of each skinny block changes and the optimizer says so: the old panels are
+  // stale, so the next call streams the new weights and the one after repacks them.
+  w.view(1, 2) += 1.0f;
+  w.view(k + 3, 5) -= 1.0f;
+  b.weights_updated();
+  check(b, "first use after weights_updated");
+  REQUIRE((stats.packs == 2 && stats.unpacked == 4));
+  check(b, "second use after weights_updated");
+  REQUIRE(stats.packs == 4);
+
+  // Rewritten without weights_updated(): the sampled fingerprint catches it.
+  for (std::int64_t i = 0; i < w.storage.size(); ++i) {
+    w.storage.data()[i] = -w.storage.data()[i];
+  }
+  check(b, "rewrite without weights_updated");
+  REQUIRE((stats.packs == 4 && stats.unpacked == 6));
+  check(b, "second use after the rewrite");
+  REQUIRE(stats.packs == 6);
+
+  // Packing off: the row-major walk every time.
+  mm::CpuBackend<float> plain(mm::CpuOptions{.pack_skinny_weights = false});
+  for (int i = 0; i < 3; ++i) {
+    check(plain, "packing off");
+  }
+  REQUIRE((plain.skinny_pack_stats().packs == 0 && plain.skinny_pack_stats().bytes == 0));
+
+  // Blocks not used since the previous weights_updated() are freed by the next one.
+  b.weights_updated();
+  b.weights_updated();
+  REQUIRE(stats.bytes == 0);
+}
 
 TEST_CASE("CpuBackend::grouped_gemm validates before writing a skinny segment", "[backend][cpu]") {
   mm::CpuBackend<float> b;

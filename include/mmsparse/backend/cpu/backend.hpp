@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -27,6 +28,7 @@
 #include <mmsparse/backend/cpu/norm.hpp>
 #include <mmsparse/backend/cpu/router_kernels.hpp>
 #include <mmsparse/backend/cpu/skinny_gemm.hpp>
+#include <mmsparse/backend/cpu/skinny_pack.hpp>
 #include <mmsparse/backend/cpu/sort.hpp>
 #include <mmsparse/backend/cpu/topk.hpp>
 #include <mmsparse/core/error.hpp>
@@ -46,6 +48,9 @@ using DefaultGemm = EigenGemm;
 
 struct CpuOptions {
   int threads = 0;  // 0: leave OpenMP's default (OMP_NUM_THREADS or all cores)
+  // Panel copies of the grouped_gemm weight blocks that segments of <= 16 rows multiply
+  // (decode): about 2x the streaming rate, for a second copy of those blocks (skinny_pack.hpp).
+  bool pack_skinny_weights = true;
 };
 
 template <class T, class Gemm = cpu::DefaultGemm>
@@ -57,7 +62,7 @@ class CpuBackend {
   static constexpr const char* name = "cpu";
 
   CpuBackend() = default;
-  explicit CpuBackend(CpuOptions options) {
+  explicit CpuBackend(CpuOptions options) : pack_skinny_(options.pack_skinny_weights) {
     if (options.threads > 0) {
 #if defined(_OPENMP)
       omp_set_num_threads(options.threads);
@@ -73,6 +78,9 @@ class CpuBackend {
   }
   [[nodiscard]] Gemm& gemm_provider_instance() {
     return gemm_;
+  }
+  [[nodiscard]] const cpu::SkinnyPackStats& skinny_pack_stats() const {
+    return skinny_packs_.stats();
   }
   [[nodiscard]] static int threads() {
 #if defined(_OPENMP)
@@ -107,10 +115,10 @@ class CpuBackend {
 
   // For each expert e: C_e = alpha * A_e op(W_e) + beta * C_e, where X_e are rows
   // [offsets[e], offsets[e+1]) and W_e is block e of the stacked weight w [E * wr, wc].
-  // With W not transposed (the forward), a segment of 1..skinny_max_rows rows multiplies the
-  // caller's W_e with the skinny kernel (bf16 widened in registers, never a provider's packed
-  // or widened copy); the other segments go to the provider as before (docs/design.md, "CPU
-  // GEMM provider").
+  // With W not transposed (the forward), a segment of 1..skinny_max_rows rows goes to the skinny
+  // kernel (bf16 widened in registers), over a panel copy of W_e once W_e has been used twice
+  // with the same weights (CpuOptions::pack_skinny_weights); the other segments go to the
+  // provider (docs/design.md, "CPU GEMM provider").
   template <class U>
   void grouped_gemm(View<U> c,
                     View<const U> a,
@@ -182,8 +190,10 @@ class CpuBackend {
   }
 
   // The weights changed in place (optimizer step, load): the GEMM provider drops its packed
-  // copies of grouped_gemm weights. The optimizer calls it after every step.
+  // copies of grouped_gemm weights, and so do the skinny panels. The optimizer calls it after
+  // every step.
   void weights_updated() {
+    skinny_packs_.weights_updated();
     if constexpr (requires { gemm_.weights_updated(); }) {
       gemm_.weights_updated();
     }
@@ -453,7 +463,12 @@ class CpuBackend {
       auto ae = a.row_block(begin, count);
       auto we = w.row_block(static_cast<std::int64_t>(e) * block, block);
       if (count <= cpu::skinny_max_rows) {
-        cpu::skinny_gemm(ce, ae, we, alpha, beta);
+        const auto panels = pack_skinny_ ? skinny_packs_.find(we) : std::nullopt;
+        if (panels) {
+          cpu::skinny_gemm(ce, ae, *panels, alpha, beta);
+        } else {
+          cpu::skinny_gemm(ce, ae, we, alpha, beta);
+        }
       } else if constexpr (requires {
                              gemm_.grouped_gemm(c, a, w, Trans::no, offsets, alpha, beta);
                            }) {
@@ -468,6 +483,8 @@ class CpuBackend {
 
   Workspace<host_space> workspace_;
   Gemm gemm_;
+  cpu::SkinnyPacks skinny_packs_;
+  bool pack_skinny_ = true;
 };
 
 static_assert(backend<CpuBackend<float>>, "CpuBackend<float> must model mmsparse::backend");

@@ -1,7 +1,7 @@
 // mmsparse/backend/cpu/onednn_detail.hpp
 //
 // Internals of the oneDNN GEMM provider (onednn_gemm.hpp): memory descriptors of strided views,
-// matmul attributes, aligned scratch, weight fingerprints, f32/bf16 conversion, cache keys and
+// matmul attributes, aligned scratch, f32/bf16 conversion, cache keys and
 // argument checks. Every oneDNN call of mmsparse lives in backend/cpu/onednn_*.hpp.
 #pragma once
 
@@ -116,25 +116,6 @@ class Scratch {
   Buffer data_;
   std::size_t bytes_ = 0;
 };
-
-// A few bit patterns spread over the block: a cheap guard against a packed copy of weights
-// that changed without weights_updated() (an optimizer step changes nearly every element).
-template <class T>
-std::uint64_t fingerprint(View<const T> w) {
-  constexpr std::int64_t samples = 16;
-  std::uint64_t h = hash64(static_cast<std::uint64_t>(w.rows), static_cast<std::uint64_t>(w.cols));
-  if (w.rows == 0 || w.cols == 0) {
-    return h;
-  }
-  for (std::int64_t s = 0; s < samples; ++s) {
-    const std::int64_t i = (w.rows - 1) * s / (samples - 1);
-    const std::int64_t j = (s * 2654435761LL + i) % w.cols;
-    std::uint64_t bits = 0;
-    std::memcpy(&bits, &w(i, j), sizeof(T));
-    h = hash64(h, bits);
-  }
-  return h;
-}
 
 // dst = src as float (same shape).
 template <class T>

@@ -28,6 +28,7 @@
 #include <mmsparse/backend/cpu/eigen_gemm.hpp>
 #include <mmsparse/backend/cpu/onednn_detail.hpp>
 #include <mmsparse/backend/cpu/onednn_info.hpp>
+#include <mmsparse/backend/cpu/weight_fingerprint.hpp>
 #include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/rng.hpp>
@@ -402,7 +403,7 @@ class OnednnGemm {
     if (p.kind == PackKind::identity) {
       return p;
     }
-    const std::uint64_t fp = onednn_detail::fingerprint(w);
+    const std::uint64_t fp = weight_fingerprint(w);
     if (p.valid && p.epoch == epoch_ && p.fingerprint == fp) {
       ++stats_.pack_hits;
       return p;

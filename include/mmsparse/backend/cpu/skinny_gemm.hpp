@@ -1,8 +1,10 @@
 // mmsparse/backend/cpu/skinny_gemm.hpp
 //
 // Small-M GEMM for decode: C [M, N] = alpha A [M, K] W [K, N] + beta C with M <= 16, streaming the
-// row-major weight W once from memory (f32, or bf16 widened in registers: half the bytes).
-// Register-tiled AVX2/FMA micro-kernel (portable loop elsewhere); OpenMP over column blocks of N.
+// weight W once from memory (f32, or bf16 widened in registers: half the bytes). W is row-major,
+// or packed once into 16-column panels (SkinnyPanels) that each thread reads as one contiguous
+// run, about twice the rate of the row-major walk. Register-tiled AVX2/FMA micro-kernel
+// (portable loop elsewhere); OpenMP over the 16-column tiles of N.
 #pragma once
 
 #include <algorithm>
@@ -43,6 +45,10 @@ inline constexpr int prefetch_tiles = 4;       // W is prefetched this many tile
 // Row stride of the float accumulators [M, NC]: the last tile of a block may store 16 columns.
 inline constexpr std::int64_t acc_stride = block_n + tile_cols;
 inline constexpr std::int64_t parallel_min = 1 << 18;  // M*N*K below this runs on one thread
+// Panels: rows of a panel per pass when M needs several row chunks (16 KB of f32 stays in L1),
+// and how far ahead of the FMAs the kernel prefetches the panel it streams.
+inline constexpr std::int64_t panel_block_k = 256;
+inline constexpr int panel_prefetch_bytes = 1024;
 
 #if defined(__AVX2__) && defined(__FMA__)
 inline void load_tile_row(const float* w, __m256& lo, __m256& hi) {
@@ -58,8 +64,10 @@ inline void load_tile_row(const bf16* w, __m256& lo, __m256& hi) {
       _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(bits, 1)), 16));
 }
 
-// out [MR, 16] (row stride ldo) = A [MR, kc] W [kc, 16], or += where `accumulate`.
-template <int MR, class TW>
+// out [MR, 16] (row stride ldo) = A [MR, kc] W [kc, 16], or += where `accumulate`. A non-zero
+// Prefetch asks for the line |Prefetch| bytes past each row of W: into L1 where positive (the
+// panel streamed from memory), into L2 where negative (the next slice, while this one is reused).
+template <int MR, int Prefetch, class TW>
 void micro_kernel(float* out,
                   std::int64_t ldo,
                   bool accumulate,
@@ -68,13 +76,28 @@ void micro_kernel(float* out,
                   const TW* w,
                   std::int64_t ldw,
                   std::int64_t kc) {
+  // Every loop over MR is unrolled, so that the accumulators live in registers: a loop left
+  // rolled makes g++ keep the arrays on the stack and store them at every k.
   __m256 lo[MR];
   __m256 hi[MR];
+#pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
-    lo[m] = accumulate ? _mm256_loadu_ps(out + m * ldo) : _mm256_setzero_ps();
-    hi[m] = accumulate ? _mm256_loadu_ps(out + m * ldo + 8) : _mm256_setzero_ps();
+    lo[m] = _mm256_setzero_ps();
+    hi[m] = _mm256_setzero_ps();
+  }
+  if (accumulate) {
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      lo[m] = _mm256_loadu_ps(out + m * ldo);
+      hi[m] = _mm256_loadu_ps(out + m * ldo + 8);
+    }
   }
   for (std::int64_t k = 0; k < kc; ++k) {
+    if constexpr (Prefetch > 0) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + Prefetch, _MM_HINT_T0);
+    } else if constexpr (Prefetch < 0) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) - Prefetch, _MM_HINT_T1);
+    }
     __m256 w0;
     __m256 w1;
     load_tile_row(w + k * ldw, w0, w1);
@@ -85,13 +108,14 @@ void micro_kernel(float* out,
       hi[m] = _mm256_fmadd_ps(x, w1, hi[m]);
     }
   }
+#pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
     _mm256_storeu_ps(out + m * ldo, lo[m]);
     _mm256_storeu_ps(out + m * ldo + 8, hi[m]);
   }
 }
 #else
-template <int MR, class TW>
+template <int MR, int Prefetch, class TW>
 void micro_kernel(float* out,
                   std::int64_t ldo,
                   bool accumulate,
@@ -122,7 +146,7 @@ void micro_kernel(float* out,
 #endif
 
 // The micro-kernel for a runtime row count 1..tile_rows.
-template <class TW>
+template <int Prefetch, class TW>
 void micro_kernel_rows(int mr,
                        float* out,
                        std::int64_t ldo,
@@ -134,22 +158,22 @@ void micro_kernel_rows(int mr,
                        std::int64_t kc) {
   switch (mr) {
     case 1:
-      micro_kernel<1>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      micro_kernel<1, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
       break;
     case 2:
-      micro_kernel<2>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      micro_kernel<2, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
       break;
     case 3:
-      micro_kernel<3>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      micro_kernel<3, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
       break;
     case 4:
-      micro_kernel<4>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      micro_kernel<4, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
       break;
     case 5:
-      micro_kernel<5>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      micro_kernel<5, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
       break;
     default:
-      micro_kernel<tile_rows>(out, ldo, accumulate, a, lda, w, ldw, kc);
+      micro_kernel<tile_rows, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
       break;
   }
 }
@@ -182,22 +206,33 @@ void copy_panel(TW* panel, const TW* w, std::int64_t ldw, std::int64_t kc, std::
   }
 }
 
-// acc [M, nc] (row stride acc_stride) = A W[:, nb:nb+nc) for each column block of one thread's
-// columns [n_begin, n_end); `done(nb, nb + nc)` then folds the block into C. Within a block, W
-// is walked KC rows at a time, 16 columns per tile: KC short runs that each read their row front
-// to back, few enough for the hardware to stream alongside the software prefetch.
+// Rows [r0, r0 + mr) of the c-th of `chunks` near-equal chunks of M rows, each at most
+// tile_rows: a tile of W is reused from L1 by every chunk.
+struct RowChunk {
+  std::int64_t r0;
+  int mr;
+};
+inline RowChunk row_chunk(std::int64_t m, std::int64_t chunks, std::int64_t c) {
+  const std::int64_t r0 = m * c / chunks;
+  return {r0, static_cast<int>(m * (c + 1) / chunks - r0)};
+}
+
+// Row-major W: acc [M, nc] (row stride acc_stride) = A W[:, nb:nb+nc) for each column block of
+// one thread's columns [n_begin, n_end); `done(nb, nb + nc, acc, acc_stride)` then folds the
+// block into C. Within a block, W is walked KC rows at a time, 16 columns per tile: KC short runs
+// that each read their row front to back, few enough for the hardware to stream alongside the
+// software prefetch.
 template <class TW, class Done>
-void columns(std::int64_t m,
-             std::int64_t k,
-             const float* a,
-             std::int64_t lda,
-             View<const TW> w,
-             std::int64_t n_begin,
-             std::int64_t n_end,
-             float* acc,
-             Done&& done) {
-  // Rows of M in near-equal chunks of at most tile_rows: each W tile is reused from L1.
+void row_major_columns(std::int64_t m,
+                       std::int64_t k,
+                       const float* a,
+                       std::int64_t lda,
+                       View<const TW> w,
+                       std::int64_t n_begin,
+                       std::int64_t n_end,
+                       Done&& done) {
   const std::int64_t chunks = (m + tile_rows - 1) / tile_rows;
+  float* acc = thread_buffer<float>(1, m * acc_stride);   // [M, NC]
   TW* panel = thread_buffer<TW>(0, block_k * tile_cols);  // [KC, 16]
   for (std::int64_t nb = n_begin; nb < n_end; nb += block_n) {
     const std::int64_t nc = std::min(block_n, n_end - nb);
@@ -207,22 +242,209 @@ void columns(std::int64_t m,
         const std::int64_t width = std::min<std::int64_t>(tile_cols, nc - n0);
         copy_panel(panel, w.data + kb * w.stride + nb + n0, w.stride, kc, width);
         for (std::int64_t ch = 0; ch < chunks; ++ch) {
-          const std::int64_t r0 = m * ch / chunks;
-          const std::int64_t mr = m * (ch + 1) / chunks - r0;
-          micro_kernel_rows(static_cast<int>(mr),
-                            acc + r0 * acc_stride + n0,
-                            acc_stride,
-                            kb > 0,
-                            a + r0 * lda + kb,
-                            lda,
-                            panel,
-                            std::int64_t{tile_cols},
-                            kc);
+          const RowChunk r = row_chunk(m, chunks, ch);
+          micro_kernel_rows<0>(r.mr,
+                               acc + r.r0 * acc_stride + n0,
+                               acc_stride,
+                               kb > 0,
+                               a + r.r0 * lda + kb,
+                               lda,
+                               panel,
+                               std::int64_t{tile_cols},
+                               kc);
         }
       }
     }
-    done(nb, nb + nc);
+    done(nb, nb + nc, acc, acc_stride);
   }
+}
+
+}  // namespace skinny_detail
+
+// W [k, n] packed for the skinny kernel: panel p holds columns [16 p, 16 p + 16) as a contiguous
+// [k, 16] block (zero past column n), and the panels follow one another. pack_skinny_panels
+// writes it; SkinnyPacks (skinny_pack.hpp) keeps one per weight block.
+template <class TW>
+struct SkinnyPanels {
+  TW* data = nullptr;
+  std::int64_t k = 0;
+  std::int64_t n = 0;
+
+  static constexpr std::int64_t width = skinny_detail::tile_cols;
+  [[nodiscard]] static std::int64_t count(std::int64_t cols) {
+    return (cols + width - 1) / width;
+  }
+  [[nodiscard]] static std::int64_t size(std::int64_t rows, std::int64_t cols) {
+    return count(cols) * rows * width;
+  }
+  [[nodiscard]] TW* panel(std::int64_t p) const {
+    return data + p * k * width;
+  }
+  operator SkinnyPanels<const TW>() const {  // NOLINT: as View<T> to View<const T>
+    return {data, k, n};
+  }
+};
+
+// out = W in the panel layout; out.data holds SkinnyPanels<TW>::size(w.rows, w.cols) elements.
+// Row by row: each row of W is read front to back once and lands 16 elements in every panel,
+// whose writes each advance by one row (a walk down the panels would touch a page per element).
+template <class TW>
+void pack_skinny_panels(SkinnyPanels<TW> out, View<const TW> w) {
+  constexpr const char* op = "pack_skinny_panels";
+  MMSPARSE_CHECK(out.k == w.rows && out.n == w.cols, op, "out", w.shape(), (Shape{out.k, out.n}));
+  MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
+  constexpr std::int64_t width = SkinnyPanels<TW>::width;
+  const std::int64_t panels = SkinnyPanels<TW>::count(w.cols);
+  const std::int64_t full = w.cols / width;  // panels without zero padding
+#pragma omp parallel if (w.rows * w.cols >= skinny_detail::parallel_min)
+  {
+    std::int64_t p0 = 0;
+    std::int64_t p1 = panels;
+#if defined(_OPENMP)
+    p0 = panels * omp_get_thread_num() / omp_get_num_threads();
+    p1 = panels * (omp_get_thread_num() + 1) / omp_get_num_threads();
+#endif
+    for (std::int64_t k = 0; k < w.rows; ++k) {
+      const TW* row = w.row(k);
+      for (std::int64_t p = p0; p < p1; ++p) {
+        TW* dst = out.panel(p) + k * width;
+        if (p < full) {
+          std::copy(row + p * width, row + (p + 1) * width, dst);
+        } else {
+          std::copy(row + p * width, row + w.cols, dst);
+          std::fill(dst + (w.cols - p * width), dst + width, TW{});
+        }
+      }
+    }
+  }
+}
+
+namespace skinny_detail {
+
+// Panel-packed W: the same for the panels of one thread's tiles [n_begin, n_end), one panel at a
+// time. With M <= tile_rows the whole of K accumulates in registers and the panel streams by once;
+// otherwise K goes in panel_block_k slices: the first row chunk streams a slice into L1, and the
+// others, which reuse it from there, fetch the next slice into L2 meanwhile.
+template <class TW, class Done>
+void panel_columns(std::int64_t m,
+                   std::int64_t k,
+                   const float* a,
+                   std::int64_t lda,
+                   SkinnyPanels<const TW> w,
+                   std::int64_t n_begin,
+                   std::int64_t n_end,
+                   Done&& done) {
+  const std::int64_t chunks = (m + tile_rows - 1) / tile_rows;
+  const std::int64_t step = chunks == 1 ? k : panel_block_k;
+  constexpr int next_slice_bytes = static_cast<int>(panel_block_k * tile_cols * sizeof(TW));
+  float* acc = thread_buffer<float>(1, m * tile_cols);  // [M, 16]
+  for (std::int64_t n0 = n_begin; n0 < n_end; n0 += tile_cols) {
+    const TW* panel = w.panel(n0 / tile_cols);
+    for (std::int64_t kb = 0; kb < k; kb += step) {
+      const std::int64_t kc = std::min(step, k - kb);
+      for (std::int64_t ch = 0; ch < chunks; ++ch) {
+        const RowChunk r = row_chunk(m, chunks, ch);
+        auto kernel = ch == 0 ? micro_kernel_rows<panel_prefetch_bytes, TW>
+                              : micro_kernel_rows<-next_slice_bytes, TW>;
+        kernel(r.mr,
+               acc + r.r0 * tile_cols,
+               std::int64_t{tile_cols},
+               kb > 0,
+               a + r.r0 * lda + kb,
+               lda,
+               panel + kb * tile_cols,
+               std::int64_t{tile_cols},
+               kc);
+      }
+    }
+    done(n0, std::min(n_end, n0 + tile_cols), acc, std::int64_t{tile_cols});
+  }
+}
+
+// What both layouts share: checks of A and C, bf16 A widened once, 16-column tiles split over
+// the threads, and the fold of float accumulators into C. `columns(a, lda, n_begin, n_end,
+// done)` multiplies one thread's columns and calls done(j0, j1, acc, acc_stride) per block.
+template <class T, class Columns>
+void drive(const char* op,
+           View<T> c,
+           View<const T> a,
+           std::int64_t w_cols,
+           double alpha,
+           double beta,
+           Columns&& columns) {
+  MMSPARSE_CHECK(a.rows <= skinny_max_rows,
+                 op,
+                 "a",
+                 "at most " + std::to_string(skinny_max_rows) + " rows",
+                 a.shape());
+  MMSPARSE_CHECK(c.rows == a.rows && c.cols == w_cols, op, "c", (Shape{a.rows, w_cols}), c.shape());
+  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
+  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
+  const std::int64_t m = c.rows;
+  const std::int64_t n = c.cols;
+  const std::int64_t k = a.cols;
+  if (m == 0 || n == 0) {
+    return;
+  }
+  const auto fa = static_cast<float>(alpha);
+  const auto fb = static_cast<float>(beta);
+  // C[:, j0:j1) = fa * acc + fb * C; beta = 0 never reads C (it may hold NaN).
+  auto done = [&](std::int64_t j0, std::int64_t j1, const float* acc, std::int64_t ld) {
+    for (std::int64_t i = 0; i < m; ++i) {
+      T* row = c.row(i);
+      const float* acc_row = acc + i * ld;
+      for (std::int64_t j = j0; j < j1; ++j) {
+        const float v = fa * acc_row[j - j0];
+        row[j] = scalar_cast<T>(beta == 0.0 ? v : v + fb * scalar_cast<float>(row[j]));
+      }
+    }
+  };
+  if (k == 0) {
+    const float zero[tile_cols] = {};
+    for (std::int64_t j = 0; j < n; j += tile_cols) {
+      done(j, std::min(n, j + tile_cols), zero, 0);
+    }
+    return;
+  }
+  // A as float rows: the caller's memory, or widened once by the calling thread.
+  const float* ap = nullptr;
+  std::int64_t lda = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    ap = a.data;
+    lda = a.stride;
+  } else {
+    float* wide = thread_buffer<float>(2, m * k);
+    for (std::int64_t i = 0; i < m; ++i) {
+      for (std::int64_t j = 0; j < k; ++j) {
+        wide[i * k + j] = scalar_cast<float>(a(i, j));
+      }
+    }
+    ap = wide;
+    lda = k;
+  }
+  const std::int64_t tiles = (n + tile_cols - 1) / tile_cols;
+  int threads = 1;
+#if defined(_OPENMP)
+  if (m * n * k >= parallel_min && !omp_in_parallel()) {
+    threads = static_cast<int>(std::min<std::int64_t>(omp_get_max_threads(), tiles));
+  }
+#endif
+  auto run = [&](int t, int nt) {
+    // Whole 16-column tiles per thread: no two threads write one cache line of C.
+    const std::int64_t n_begin = std::min(n, tiles * t / nt * tile_cols);
+    const std::int64_t n_end = std::min(n, tiles * (t + 1) / nt * tile_cols);
+    if (n_begin < n_end) {
+      columns(ap, lda, n_begin, n_end, done);
+    }
+  };
+  if (threads <= 1) {
+    run(0, 1);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+  run(omp_get_thread_num(), omp_get_num_threads());
+#endif
 }
 
 }  // namespace skinny_detail
@@ -235,87 +457,26 @@ void skinny_gemm(View<T> c, View<const T> a, View<const TW> w, double alpha, dou
   static_assert(skinny_supported_v<T> && skinny_supported_v<TW>,
                 "skinny_gemm multiplies float or bf16; double goes to the GEMM provider");
   constexpr const char* op = "skinny_gemm";
-  MMSPARSE_CHECK(a.rows <= skinny_max_rows,
-                 op,
-                 "a",
-                 "at most " + std::to_string(skinny_max_rows) + " rows",
-                 a.shape());
   MMSPARSE_CHECK(w.rows == a.cols, op, "w", "rows = a.cols = " + std::to_string(a.cols), w.shape());
-  MMSPARSE_CHECK(c.rows == a.rows && c.cols == w.cols, op, "c", (Shape{a.rows, w.cols}), c.shape());
-  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
   MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
-  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
-  const std::int64_t m = c.rows;
-  const std::int64_t n = c.cols;
-  const std::int64_t k = a.cols;
-  if (m == 0 || n == 0) {
-    return;
-  }
-  const auto fa = static_cast<float>(alpha);
-  const auto fb = static_cast<float>(beta);
-  // c[i, j] = fa * acc + fb * c[i, j]; beta = 0 never reads C (it may hold NaN).
-  auto store = [&](std::int64_t i, std::int64_t j0, std::int64_t j1, const float* acc) {
-    T* row = c.row(i);
-    for (std::int64_t j = j0; j < j1; ++j) {
-      const float v = fa * acc[j - j0];
-      row[j] = scalar_cast<T>(beta == 0.0 ? v : v + fb * scalar_cast<float>(row[j]));
-    }
-  };
-  if (k == 0) {
-    const float zero[skinny_detail::tile_cols] = {};
-    for (std::int64_t i = 0; i < m; ++i) {
-      for (std::int64_t j = 0; j < n; j += skinny_detail::tile_cols) {
-        store(i, j, std::min(n, j + skinny_detail::tile_cols), zero);
-      }
-    }
-    return;
-  }
-  // A as float rows: the caller's memory, or widened once by the calling thread.
-  const float* ap = nullptr;
-  std::int64_t lda = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    ap = a.data;
-    lda = a.stride;
-  } else {
-    float* wide = skinny_detail::thread_buffer<float>(2, m * k);
-    for (std::int64_t i = 0; i < m; ++i) {
-      for (std::int64_t j = 0; j < k; ++j) {
-        wide[i * k + j] = scalar_cast<float>(a(i, j));
-      }
-    }
-    ap = wide;
-    lda = k;
-  }
-  const std::int64_t tiles = (n + skinny_detail::tile_cols - 1) / skinny_detail::tile_cols;
-  int threads = 1;
-#if defined(_OPENMP)
-  if (m * n * k >= skinny_detail::parallel_min && !omp_in_parallel()) {
-    threads = static_cast<int>(std::min<std::int64_t>(omp_get_max_threads(), tiles));
-  }
-#endif
-  auto run = [&](int t, int nt) {
-    // Whole 16-column tiles per thread: no two threads write one cache line of C.
-    const std::int64_t n_begin = std::min(n, tiles * t / nt * skinny_detail::tile_cols);
-    const std::int64_t n_end = std::min(n, tiles * (t + 1) / nt * skinny_detail::tile_cols);
-    if (n_begin >= n_end) {
-      return;
-    }
-    float* acc = skinny_detail::thread_buffer<float>(1, m * skinny_detail::acc_stride);  // [M, NC]
-    skinny_detail::columns(
-        m, k, ap, lda, w, n_begin, n_end, acc, [&](std::int64_t j0, std::int64_t j1) {
-          for (std::int64_t i = 0; i < m; ++i) {
-            store(i, j0, j1, acc + i * skinny_detail::acc_stride);
-          }
-        });
-  };
-  if (threads <= 1) {
-    run(0, 1);
-    return;
-  }
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads)
-  run(omp_get_thread_num(), omp_get_num_threads());
-#endif
+  skinny_detail::drive(
+      op, c, a, w.cols, alpha, beta, [&](auto ap, auto lda, auto n0, auto n1, auto& done) {
+        skinny_detail::row_major_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
+      });
+}
+
+// The same with W packed into panels (pack_skinny_panels): each thread streams its panels as one
+// contiguous run of memory.
+template <class T, class TW>
+void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double alpha, double beta) {
+  static_assert(skinny_supported_v<T> && skinny_supported_v<TW>,
+                "skinny_gemm multiplies float or bf16; double goes to the GEMM provider");
+  constexpr const char* op = "skinny_gemm";
+  MMSPARSE_CHECK(w.k == a.cols, op, "w", "rows = a.cols = " + std::to_string(a.cols), w.k);
+  skinny_detail::drive(
+      op, c, a, w.n, alpha, beta, [&](auto ap, auto lda, auto n0, auto n1, auto& done) {
+        skinny_detail::panel_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
+      });
 }
 
 // Whether a grouped GEMM has a segment the skinny kernel takes (1..skinny_max_rows rows).
