@@ -71,19 +71,22 @@ Reference reference(mm::View<const T> c0,
   return r;
 }
 
-// Every element within the float rounding bound (K + 4) u of its reference.
+// Every element within the float rounding bound (K + 4) u of its reference, plus one bf16
+// rounding of the output where C is bf16.
 template <class T>
 void require_close(mm::View<const T> c,
                    const Reference& r,
                    std::int64_t k,
                    const std::string& what) {
   const double tol = static_cast<double>(k + 4) * 1.2e-7;
+  const double out = std::is_same_v<T, mm::bf16> ? 0x1.0p-8 : 0.0;
   for (std::int64_t i = 0; i < c.rows; ++i) {
     for (std::int64_t j = 0; j < c.cols; ++j) {
       const auto idx = static_cast<std::size_t>(i * c.cols + j);
       const double got = mm::scalar_cast<double>(c(i, j));
       INFO(what << " at (" << i << ", " << j << "): got " << got << ", want " << r.value[idx]);
-      REQUIRE(std::fabs(got - r.value[idx]) <= tol * r.bound[idx] + 1e-30);
+      REQUIRE(std::fabs(got - r.value[idx]) <=
+              tol * r.bound[idx] + out * std::fabs(r.value[idx]) + 1e-30);
     }
   }
 }
@@ -324,6 +327,39 @@ TEST_CASE("OnednnGemm reuses packs until weights_updated and never multiplies st
   }
   run_and_check("rewrite without weights_updated");
   REQUIRE(g.stats().packs == 12);
+}
+
+TEST_CASE("OnednnGemm copies weights with a row stride of 1 KB and keeps the copies current",
+          "[backend][cpu]") {
+  // Stored rows of 256 floats or 512 bf16 (1 KB), W and W^T: under PackMode::automatic every CPU
+  // multiplies a copy (a padded stride, bf16 widened into one, or oneDNN's blocked layout).
+  auto check = [](auto zero, Trans tw, std::int64_t k, std::int64_t n) {
+    using T = decltype(zero);
+    mm::cpu::OnednnGemm g;
+    const std::vector<std::int64_t> offsets = {0, 7, 7, 30};
+    auto a = random_padded<T>(30, k, 0, 71);
+    auto w =
+        tw == Trans::no ? random_padded<T>(3 * k, n, 0, 72) : random_padded<T>(3 * n, k, 0, 72);
+    REQUIRE(w.view.stride * static_cast<std::int64_t>(sizeof(T)) == 1024);
+    mm::Tensor<T> c(30, n);
+    auto run_and_check = [&](const std::string& what) {
+      g.grouped_gemm(c.view(), a.cview(), w.cview(), tw, offsets, 1.0, 0.0);
+      const Reference r =
+          grouped_reference(mm::View<const T>(c), a.cview(), w.cview(), tw, offsets, 1.0, 0.0);
+      require_close(mm::View<const T>(c), r, k, what);
+    };
+    run_and_check("first use");
+    REQUIRE(g.stats().packs == 2);  // the two experts with rows
+    for (std::int64_t i = 0; i < w.storage.size(); ++i) {
+      w.storage.data()[i] = mm::scalar_cast<T>(1.5f - mm::scalar_cast<float>(w.storage.data()[i]));
+    }
+    g.weights_updated();
+    run_and_check("after weights_updated");
+    REQUIRE(g.stats().packs == 4);
+  };
+  check(0.0f, Trans::no, 24, 256);
+  check(0.0f, Trans::yes, 256, 24);
+  check(mm::bf16{}, Trans::no, 24, 512);
 }
 
 TEST_CASE("OnednnGemm through CpuBackend: weights_updated and pack_weights forward",

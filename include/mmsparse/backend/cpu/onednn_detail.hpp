@@ -117,6 +117,27 @@ class Scratch {
   std::size_t bytes_ = 0;
 };
 
+// A row stride that is a multiple of 1 KB maps the rows of an operand onto a few L1 sets.
+// oneDNN 2.6's AVX2 sgemm reads B in place (its no-copy kernel) whenever 1/m + 1/n is large,
+// e.g. 512 x 1536 x 512, and then runs at 55-70 % of its speed with a stride of 512 floats
+// (gemm_bench, docs/design.md): packed copies of such weights get one cache line more per row.
+inline bool aliasing_stride(std::int64_t stride, std::size_t element_bytes) {
+  return stride > 0 && (static_cast<std::size_t>(stride) * element_bytes) % 1024 == 0;
+}
+inline std::int64_t padded_stride(std::int64_t cols, std::size_t element_bytes) {
+  const auto line = static_cast<std::int64_t>(64 / element_bytes);
+  return (cols + line - 1) / line * line + line;
+}
+
+// dst = src, row by row (dst may have another stride).
+template <class T>
+void copy_rows(View<T> dst, View<const T> src) {
+#pragma omp parallel for schedule(static) if (dst.size() > convert_parallel_min)
+  for (std::int64_t i = 0; i < dst.rows; ++i) {
+    std::copy(src.row(i), src.row(i) + dst.cols, dst.row(i));
+  }
+}
+
 // dst = src as float (same shape).
 template <class T>
 void widen(View<float> dst, View<const T> src) {

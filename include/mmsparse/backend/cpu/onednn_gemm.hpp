@@ -39,7 +39,8 @@ namespace mmsparse::cpu {
 
 // What grouped_gemm does with its weight operand.
 enum class PackMode {
-  automatic,  // pack where oneDNN prefers a blocked layout (AVX-512, AMX) or bf16 must be widened
+  automatic,  // pack where oneDNN prefers a blocked layout (AVX-512, AMX), bf16 must be widened,
+              // or the row stride is a multiple of 1 KB (a copy with a padded stride)
   always,     // always multiply a provider-owned copy (also in the plain layout)
   never,      // always multiply the caller's weights as they are
 };
@@ -206,7 +207,7 @@ class OnednnGemm {
   using dtype = onednn_detail::dtype;
   using Operand = onednn_detail::Operand;
 
-  enum class PackKind { identity, reordered, widened };
+  enum class PackKind { identity, reordered, widened, restrided };
 
   struct PlainEntry {
     dtype type;
@@ -232,6 +233,7 @@ class OnednnGemm {
     PackKind kind = PackKind::identity;
     std::size_t layout = 0;  // index into layouts_ (reordered)
     onednn_detail::Buffer data;
+    std::int64_t stride = 0;  // row stride of the copy (widened, restrided)
     std::uint64_t epoch = 0;
     std::uint64_t last_used = 0;
     std::uint64_t fingerprint = 0;
@@ -387,16 +389,24 @@ class OnednnGemm {
     Pack& p = it->second;
     p.last_used = epoch_;
     if (inserted) {
+      using onednn_detail::aliasing_stride;
+      using onednn_detail::padded_stride;
       if (std::is_same_v<T, bf16> && !native_bf16()) {
-        p.kind = PackKind::widened;  // w as it is (dense): transposing here would be slower
-        p.data = onednn_detail::allocate(static_cast<std::size_t>(w.rows * w.cols) * sizeof(float));
+        p.kind = PackKind::widened;  // w as it is: transposing here would be slower
+        p.stride =
+            aliasing_stride(w.cols, sizeof(float)) ? padded_stride(w.cols, sizeof(float)) : w.cols;
+        p.data =
+            onednn_detail::allocate(static_cast<std::size_t>(w.rows * p.stride) * sizeof(float));
       } else {
         p.layout = layout_for(ow.rows, ow.cols, type);
         const Layout& l = layouts_[p.layout];
-        const bool copy = l.ok && (l.blocked || options_.pack == PackMode::always);
-        p.kind = copy ? PackKind::reordered : PackKind::identity;
-        if (copy) {
+        if (l.ok && (l.blocked || options_.pack == PackMode::always)) {
+          p.kind = PackKind::reordered;
           p.data = onednn_detail::allocate(l.md.get_size());
+        } else if (w.rows > 1 && aliasing_stride(w.stride, sizeof(T))) {
+          p.kind = PackKind::restrided;
+          p.stride = padded_stride(w.cols, sizeof(T));
+          p.data = onednn_detail::allocate(static_cast<std::size_t>(w.rows * p.stride) * sizeof(T));
         }
       }
     }
@@ -409,7 +419,11 @@ class OnednnGemm {
       return p;
     }
     if (p.kind == PackKind::widened) {
-      onednn_detail::widen(View<float>(reinterpret_cast<float*>(p.data.get()), w.rows, w.cols), w);
+      onednn_detail::widen(
+          View<float>(reinterpret_cast<float*>(p.data.get()), w.rows, w.cols, p.stride), w);
+    } else if (p.kind == PackKind::restrided) {
+      onednn_detail::copy_rows(
+          View<T>(reinterpret_cast<T*>(p.data.get()), w.rows, w.cols, p.stride), w);
     } else {
       dnnl::memory src(onednn_detail::memory_desc(ow, type), engine_, const_cast<T*>(w.data));
       dnnl::memory dst(layouts_[p.layout].md, engine_, p.data.get());
@@ -435,9 +449,13 @@ class OnednnGemm {
       plain_gemm(c, a, Trans::no, w, tw, alpha, beta);
     } else if (p.kind == PackKind::widened) {
       if constexpr (std::is_same_v<T, bf16>) {
-        const View<const float> wf(reinterpret_cast<const float*>(p.data.get()), w.rows, w.cols);
+        const View<const float> wf(
+            reinterpret_cast<const float*>(p.data.get()), w.rows, w.cols, p.stride);
         widened_packed_gemm(c, a, wf, tw, alpha, beta);
       }
+    } else if (p.kind == PackKind::restrided) {
+      const View<const T> wr(reinterpret_cast<const T*>(p.data.get()), w.rows, w.cols, p.stride);
+      plain_gemm(c, a, Trans::no, wr, tw, alpha, beta);
     } else {
       fixed_gemm(c, a, p, w, tw, alpha, beta);
     }
