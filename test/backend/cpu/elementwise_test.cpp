@@ -1,5 +1,6 @@
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 
 #include <catch2/catch.hpp>
 
@@ -66,6 +67,75 @@ TEST_CASE("swiglu and its backward match finite differences", "[backend][cpu]") 
       const double num_g = (f(a(i, j), g(i, j) + eps) - f(a(i, j), g(i, j) - eps)) / (2 * eps);
       REQUIRE(da(i, j) == Approx(dh(i, j) * num_a).epsilon(1e-7));
       REQUIRE(dg(i, j) == Approx(dh(i, j) * num_g).epsilon(1e-7));
+    }
+  }
+}
+
+TEST_CASE("float swiglu and its backward (eight lanes at a time) match a double computation",
+          "[backend][cpu]") {
+  // Rows of 37 (four vectors and a scalar tail) in strided views; a from -100 to 100, with the
+  // exp clamp (+-87, 88), zero and NaN among them.
+  mm::CpuBackend<float> b;
+  mm::Rng rng(12);
+  const std::int64_t rows = 9;
+  const std::int64_t cols = 37;
+  const std::int64_t stride = 41;
+  auto a_store = rng.normal_tensor<float>(rows, stride, 6.0);
+  auto g_store = rng.normal_tensor<float>(rows, stride);
+  auto d_store = rng.normal_tensor<float>(rows, stride);
+  const float specials[] = {-100.0f,
+                            -88.5f,
+                            -87.5f,
+                            -86.9f,
+                            -20.0f,
+                            -1.2785f,
+                            -1e-3f,
+                            0.0f,
+                            1e-3f,
+                            15.0f,
+                            86.9f,
+                            87.5f,
+                            88.5f,
+                            100.0f};
+  for (std::size_t k = 0; k < std::size(specials); ++k) {
+    a_store(0, static_cast<std::int64_t>(k)) = specials[k];
+  }
+  a_store(1, 3) = std::nanf("");
+  const mm::View<const float> a(a_store.data(), rows, cols, stride);
+  const mm::View<const float> g(g_store.data(), rows, cols, stride);
+  const mm::View<const float> dh(d_store.data(), rows, cols, stride);
+  mm::Tensor<float> h_store(rows, stride);
+  mm::Tensor<float> da_store(rows, stride);
+  mm::Tensor<float> dg_store(rows, stride);
+  h_store.fill(-7.0f);
+  b.swiglu(mm::View<float>(h_store.data(), rows, cols, stride), a, g);
+  b.swiglu_backward(mm::View<float>(da_store.data(), rows, cols, stride),
+                    mm::View<float>(dg_store.data(), rows, cols, stride),
+                    dh,
+                    a,
+                    g);
+  for (std::int64_t i = 0; i < rows; ++i) {
+    REQUIRE(h_store(i, cols) == -7.0f);  // nothing written past the view
+    for (std::int64_t j = 0; j < cols; ++j) {
+      const double x = a(i, j);
+      const double gv = g(i, j);
+      const double d = dh(i, j);
+      INFO("a = " << x << " at (" << i << ", " << j << ")");
+      if (std::isnan(x)) {
+        REQUIRE(std::isnan(h_store(i, j)));
+        REQUIRE(std::isnan(da_store(i, j)));
+        REQUIRE(std::isnan(dg_store(i, j)));
+        continue;
+      }
+      const double s = sig(x);
+      // Each within a few float ulp of the scale of its terms: 1 + x (1 - s) may cancel, and
+      // s's own rounding near 1 comes back multiplied by x.
+      const double tol = 4e-7;
+      REQUIRE(std::fabs(h_store(i, j) - x * s * gv) <= tol * std::fabs(x * s * gv) + 1e-30);
+      REQUIRE(std::fabs(dg_store(i, j) - d * x * s) <= tol * std::fabs(d * x * s) + 1e-30);
+      const double da = d * gv * s * (1.0 + x * (1.0 - s));
+      const double scale = std::fabs(d * gv * s) * (1.0 + std::fabs(x));
+      REQUIRE(std::fabs(da_store(i, j) - da) <= tol * scale + 1e-30);
     }
   }
 }
