@@ -362,6 +362,26 @@ TEST_CASE("OnednnGemm copies weights with a row stride of 1 KB and keeps the cop
   check(mm::bf16{}, Trans::no, 24, 512);
 }
 
+TEST_CASE("OnednnGemm::gemm multiplies a padded copy of a B whose rows are 1 KB apart",
+          "[backend][cpu]") {
+  // 300 output rows and a narrow output: the shape where oneDNN reads B in place. B [24, 40]
+  // inside rows of 256 floats, and B^T [40, 24] inside the same; alpha and beta.
+  mm::cpu::OnednnGemm g;
+  for (const Trans tb : {Trans::no, Trans::yes}) {
+    auto a = random_padded<float>(300, 24, 3, 81);
+    auto b = tb == Trans::no ? random_padded<float>(24, 40, 256 - 40, 82)
+                             : random_padded<float>(40, 24, 256 - 24, 82);
+    REQUIRE(b.view.stride == 256);
+    auto c = random_padded<float>(300, 40, 2, 83);
+    const auto before = c.storage.clone();
+    const mm::View<const float> c0(before.data(), 300, 40, before.cols());
+    const Reference r = reference(c0, a.cview(), Trans::no, b.cview(), tb, -0.5, 2.0);
+    g.gemm(c.view, a.cview(), Trans::no, b.cview(), tb, -0.5, 2.0);
+    require_close(c.cview(), r, 24, tb == Trans::no ? "B" : "B^T");
+    require_padding_kept(c, before);
+  }
+}
+
 TEST_CASE("OnednnGemm through CpuBackend: weights_updated and pack_weights forward",
           "[backend][cpu]") {
   mm::CpuBackend<float, mm::cpu::OnednnGemm> b;

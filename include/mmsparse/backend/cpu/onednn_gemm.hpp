@@ -321,6 +321,16 @@ class OnednnGemm {
         return;
       }
     }
+    if (b.rows > 1 && onednn_detail::copy_b_pays(c.rows, c.cols, b.stride, sizeof(T))) {
+      // B's rows alias in the no-copy kernel: multiply a copy with a padded stride.
+      const std::int64_t stride = onednn_detail::padded_stride(b.cols, sizeof(T));
+      const View<T> copy(restride_b_.take<T>(b.rows * stride), b.rows, b.cols, stride);
+      onednn_detail::copy_rows(copy, b);
+      const View<const T> padded(copy);
+      run_plain(
+          c, a.data, oa, ta, padded.data, onednn_detail::operand(padded, tb), tb, alpha, beta);
+      return;
+    }
     run_plain(c, a.data, oa, ta, b.data, onednn_detail::operand(b, tb), tb, alpha, beta);
   }
 
@@ -560,6 +570,7 @@ class OnednnGemm {
   std::unordered_map<onednn_detail::PackKey, Pack, onednn_detail::PackKeyHash> packs_;
   std::unordered_map<onednn_detail::FixedKey, FixedEntry, onednn_detail::FixedKeyHash> fixed_;
   onednn_detail::Scratch scratchpad_;
+  onednn_detail::Scratch restride_b_;  // B of a plain product, copied with a padded stride
   onednn_detail::Scratch widen_a_;
   onednn_detail::Scratch widen_b_;
   onednn_detail::Scratch widen_c_;
