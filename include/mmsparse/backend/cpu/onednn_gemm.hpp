@@ -42,7 +42,7 @@ enum class PackMode {
   automatic,  // pack where oneDNN prefers a blocked layout (AVX-512, AMX), bf16 must be widened,
               // or the row stride is a multiple of 1 KB (a copy with a padded stride)
   always,     // always multiply a provider-owned copy (also in the plain layout)
-  never,      // always multiply the caller's weights as they are
+  never,      // keep no copy: the plain product (which may copy B for one call, copy_b_pays)
 };
 
 struct OnednnOptions {
