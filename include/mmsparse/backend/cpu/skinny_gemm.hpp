@@ -115,6 +115,8 @@ void micro_kernel(float* out,
   }
 }
 #else
+// The same sums in the same order as the AVX2 kernel (each continues from `out`), so the
+// row-major and panel layouts round alike here too.
 template <int MR, int Prefetch, class TW>
 void micro_kernel(float* out,
                   std::int64_t ldo,
@@ -124,7 +126,12 @@ void micro_kernel(float* out,
                   const TW* w,
                   std::int64_t ldw,
                   std::int64_t kc) {
-  float acc[MR][tile_cols] = {};
+  float acc[MR][tile_cols];
+  for (int m = 0; m < MR; ++m) {
+    for (int j = 0; j < tile_cols; ++j) {
+      acc[m][j] = accumulate ? out[m * ldo + j] : 0.0f;
+    }
+  }
   for (std::int64_t k = 0; k < kc; ++k) {
     float wk[tile_cols];
     for (int j = 0; j < tile_cols; ++j) {
@@ -139,7 +146,7 @@ void micro_kernel(float* out,
   }
   for (int m = 0; m < MR; ++m) {
     for (int j = 0; j < tile_cols; ++j) {
-      out[m * ldo + j] = accumulate ? out[m * ldo + j] + acc[m][j] : acc[m][j];
+      out[m * ldo + j] = acc[m][j];
     }
   }
 }
