@@ -5,7 +5,8 @@
 // panel-packed weights); 1 and all threads;
 // GFLOP/s and the fraction of the measured peak (bench_context.hpp); decode also as weight
 // bytes/s against the triad bandwidth. A training step (x W, dy W^T, x^T dy with weights changing
-// every step) compares packed and plain weights.
+// every step) compares packed and plain weights; short segments (8 experts of 8 to 128 tokens)
+// compare the backend's skinny kernels with the provider alone, product by product.
 #include <chrono>
 #include <cstdint>
 #include <ctime>
@@ -182,6 +183,54 @@ void bm_train_step(benchmark::State& state, int threads, Provider& provider) {
   timed_loop(state, rates, step);
 }
 
+// The three products of 8 experts' gate projection (d = 512, f = 1536) when each expert took
+// `rows` tokens, as in a training step (weights_updated() first): forward x W, input gradient
+// dh W^T or weight gradient x^T dh. `Provider` is the CPU backend (short segments on the skinny
+// kernels) or a GEMM provider alone, which multiplies every segment itself.
+enum class Product { forward, input_grad, weight_grad };
+
+template <class Provider>
+void bm_short_segments(
+    benchmark::State& state, std::int64_t rows, Product product, int threads, Provider& provider) {
+  set_threads(threads);
+  constexpr std::int64_t experts = 8;
+  constexpr std::int64_t d = 512;
+  constexpr std::int64_t f = 1536;
+  const std::int64_t n = experts * rows;
+  mm::Tensor<float> x(n, d);
+  mm::Tensor<float> w(experts * d, f);
+  mm::Tensor<float> h(n, f);
+  mm::Tensor<float> dw(experts * d, f);
+  fill(x, 7);
+  fill(w, 8);
+  fill(h, 9);
+  fill(dw, 10);
+  std::vector<std::int64_t> offsets;
+  for (std::int64_t e = 0; e <= experts; ++e) {
+    offsets.push_back(e * rows);
+  }
+  auto step = [&] {
+    if constexpr (requires { provider.weights_updated(); }) {
+      provider.weights_updated();
+    }
+    switch (product) {
+      case Product::forward:
+        provider.grouped_gemm(h.view(), cv(x), cv(w), Trans::no, offsets, 1.0, 0.0);
+        break;
+      case Product::input_grad:
+        provider.grouped_gemm(x.view(), cv(h), cv(w), Trans::yes, offsets, 1.0, 0.0);
+        break;
+      case Product::weight_grad:
+        provider.grouped_gemm_weight_grad(dw.view(), cv(x), cv(h), offsets, 1.0, 1.0);
+        break;
+    }
+  };
+  const auto& lim = mm::bench::limits(threads);
+  const Rates rates{threads, 2.0 * static_cast<double>(n * d * f), lim.f32_gflops};
+  step();
+  timed_loop(state, rates, step);
+}
+
 // CpuBackend<T, EigenGemm> exposes the same calls (weights_updated is a no-op there).
 using EigenF32 = mm::CpuBackend<float, mm::cpu::EigenGemm>;
 
@@ -247,6 +296,23 @@ void register_all() {
         bm_gemm<mm::bf16>(st, s, t, Path::packed, g);
       });
 #endif
+    }
+    for (const std::int64_t rows : {8, 16, 17, 32, 48, 64, 96, 128}) {
+      for (const auto& [label, product] : {std::pair{"forward", Product::forward},
+                                           std::pair{"input_grad", Product::input_grad},
+                                           std::pair{"weight_grad", Product::weight_grad}}) {
+        const std::string tail = std::string("/") + label + "/rows:" + std::to_string(rows) + th;
+        add("short_segments/backend" + tail, [=](benchmark::State& st) {
+          mm::CpuBackend<float> b;
+          bm_short_segments(st, rows, product, t, b);
+        });
+#if defined(MMSPARSE_WITH_ONEDNN)
+        add("short_segments/onednn" + tail, [=](benchmark::State& st) {
+          mm::cpu::OnednnGemm g;
+          bm_short_segments(st, rows, product, t, g);
+        });
+#endif
+      }
     }
     add("train_step/eigen_f32" + th, [=](benchmark::State& st) {
       EigenF32 b;

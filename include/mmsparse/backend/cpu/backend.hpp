@@ -28,7 +28,9 @@
 #include <mmsparse/backend/cpu/norm.hpp>
 #include <mmsparse/backend/cpu/router_kernels.hpp>
 #include <mmsparse/backend/cpu/skinny_gemm.hpp>
+#include <mmsparse/backend/cpu/skinny_gemm_transposed.hpp>
 #include <mmsparse/backend/cpu/skinny_pack.hpp>
+#include <mmsparse/backend/cpu/skinny_weight_grad.hpp>
 #include <mmsparse/backend/cpu/sort.hpp>
 #include <mmsparse/backend/cpu/topk.hpp>
 #include <mmsparse/core/error.hpp>
@@ -133,6 +135,12 @@ class CpuBackend {
         return;
       }
     }
+    if constexpr (std::is_same_v<U, float>) {
+      if (tw == Trans::yes && cpu::has_skinny_transposed_segment(offsets)) {
+        skinny_grouped_gemm_transposed(c, a, w, offsets, alpha, beta);
+        return;
+      }
+    }
     if constexpr (requires { gemm_.grouped_gemm(c, a, w, tw, offsets, alpha, beta); }) {
       gemm_.grouped_gemm(c, a, w, tw, offsets, alpha, beta);  // may multiply packed weights
       return;
@@ -163,6 +171,12 @@ class CpuBackend {
                                 SegmentOffsets offsets,
                                 double alpha = 1.0,
                                 double beta = 1.0) {
+    if constexpr (std::is_same_v<U, float>) {
+      if (cpu::has_skinny_grad_segment(offsets)) {
+        skinny_grouped_weight_grad(w, a, b, offsets, alpha, beta);
+        return;
+      }
+    }
     if constexpr (requires { gemm_.grouped_gemm_weight_grad(w, a, b, offsets, alpha, beta); }) {
       gemm_.grouped_gemm_weight_grad(w, a, b, offsets, alpha, beta);
       return;
@@ -477,6 +491,59 @@ class CpuBackend {
         gemm_.grouped_gemm(ce, ae, we, Trans::no, SegmentOffsets(one), alpha, beta);
       } else {
         gemm_.gemm(ce, ae, Trans::no, we, Trans::no, alpha, beta);
+      }
+    }
+  }
+
+  // grouped_gemm with W transposed and at least one short segment: those go to the skinny
+  // kernel, the others one by one to the provider.
+  void skinny_grouped_gemm_transposed(View<float> c,
+                                      View<const float> a,
+                                      View<const float> w,
+                                      SegmentOffsets offsets,
+                                      double alpha,
+                                      double beta) {
+    cpu::skinny_grouped_gemm_transposed(c, a, w, offsets, alpha, beta);  // validates all
+    const std::int64_t block = w.rows / (static_cast<std::int64_t>(offsets.size()) - 1);
+    for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+      const std::int64_t begin = offsets[e];
+      const std::int64_t count = offsets[e + 1] - begin;
+      if (count <= cpu::skinny_transposed_max_rows) {
+        continue;
+      }
+      auto ce = c.row_block(begin, count);
+      auto ae = a.row_block(begin, count);
+      auto we = w.row_block(static_cast<std::int64_t>(e) * block, block);
+      if constexpr (requires { gemm_.grouped_gemm(c, a, w, Trans::yes, offsets, alpha, beta); }) {
+        const std::array<std::int64_t, 2> one = {0, count};  // keyed by its block, as above
+        gemm_.grouped_gemm(ce, ae, we, Trans::yes, SegmentOffsets(one), alpha, beta);
+      } else {
+        gemm_.gemm(ce, ae, Trans::no, we, Trans::yes, alpha, beta);
+      }
+    }
+  }
+
+  // grouped_gemm_weight_grad with at least one short segment: those go to the skinny kernel, the
+  // others one by one to the provider.
+  void skinny_grouped_weight_grad(View<float> w,
+                                  View<const float> a,
+                                  View<const float> b,
+                                  SegmentOffsets offsets,
+                                  double alpha,
+                                  double beta) {
+    cpu::skinny_grouped_weight_grad(w, a, b, offsets, alpha, beta);  // validates all segments
+    const std::int64_t block = w.rows / (static_cast<std::int64_t>(offsets.size()) - 1);
+    for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+      const std::int64_t begin = offsets[e];
+      const std::int64_t count = offsets[e + 1] - begin;
+      if (count > cpu::skinny_grad_max_rows) {
+        gemm_.gemm(w.row_block(static_cast<std::int64_t>(e) * block, block),
+                   a.row_block(begin, count),
+                   Trans::yes,
+                   b.row_block(begin, count),
+                   Trans::no,
+                   alpha,
+                   beta);
       }
     }
   }

@@ -129,12 +129,15 @@ inline std::int64_t padded_stride(std::int64_t cols, std::size_t element_bytes) 
   return (cols + line - 1) / line * line + line;
 }
 
+// Rows of a product from which a padded copy of its weight costs little against the product
+// itself (copying k n elements against m k n multiply-adds: under a tenth at 512 rows).
+inline constexpr std::int64_t copy_pays_rows = 256;
+
 // Whether a plain product C [m, n] = A op(B) should multiply a padded-stride copy of B made for
 // this call: B's rows alias (above), oneDNN would take its no-copy kernel (1/m + 1/n >= 0.0038,
-// its AVX2 threshold) and m is large enough that copying B's k n elements costs little against
-// the product's m k n (m >= 256: under a tenth of it at 512 rows).
+// its AVX2 threshold) and m >= copy_pays_rows.
 inline bool copy_b_pays(std::int64_t m, std::int64_t n, std::int64_t b_stride, std::size_t bytes) {
-  return m >= 256 && n > 1 && aliasing_stride(b_stride, bytes) &&
+  return m >= copy_pays_rows && n > 1 && aliasing_stride(b_stride, bytes) &&
          1.0 / static_cast<double>(m) + 1.0 / static_cast<double>(n) >= 0.0038;
 }
 

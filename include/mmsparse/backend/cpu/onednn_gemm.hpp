@@ -171,7 +171,7 @@ class OnednnGemm {
       }
       const std::int64_t block = w.rows / blocks;
       for (std::int64_t e = 0; e < blocks && !w.empty(); ++e) {
-        (void)pack_for(w.row_block(e * block, block), tw);
+        (void)pack_for(w.row_block(e * block, block), tw, onednn_detail::copy_pays_rows);
       }
     }
   }
@@ -389,14 +389,20 @@ class OnednnGemm {
     return layouts_.size() - 1;
   }
 
-  // The packed copy of weight block w (op(w) is [k, n]), rewritten if stale.
+  // The packed copy of weight block w (op(w) is [k, n]) for a product of `rows` rows, rewritten
+  // if stale. A stale restrided copy is rewritten only when the product has copy_pays_rows rows
+  // or the block was already used since weights_updated(): a training step, which multiplies each
+  // block once per orientation between updates, reads a few rows' weights in place (p.valid is
+  // then false), while inference and decode, which come back to the same weights, copy them on
+  // their second use.
   template <class T>
-  Pack& pack_for(View<const T> w, Trans tw) {
+  Pack& pack_for(View<const T> w, Trans tw, std::int64_t rows) {
     constexpr dtype type = onednn_detail::data_type<T>();
     const auto ow = onednn_detail::operand(w, tw);
     const onednn_detail::PackKey key{w.data, w.rows, w.cols, w.stride, tw, type};
     auto [it, inserted] = packs_.try_emplace(key);
     Pack& p = it->second;
+    const bool used_this_epoch = !inserted && p.last_used == epoch_;
     p.last_used = epoch_;
     if (inserted) {
       using onednn_detail::aliasing_stride;
@@ -414,9 +420,8 @@ class OnednnGemm {
           p.kind = PackKind::reordered;
           p.data = onednn_detail::allocate(l.md.get_size());
         } else if (w.rows > 1 && aliasing_stride(w.stride, sizeof(T))) {
-          p.kind = PackKind::restrided;
+          p.kind = PackKind::restrided;  // allocated when first written
           p.stride = padded_stride(w.cols, sizeof(T));
-          p.data = onednn_detail::allocate(static_cast<std::size_t>(w.rows * p.stride) * sizeof(T));
         }
       }
     }
@@ -428,10 +433,17 @@ class OnednnGemm {
       ++stats_.pack_hits;
       return p;
     }
+    if (p.kind == PackKind::restrided && rows < onednn_detail::copy_pays_rows && !used_this_epoch) {
+      p.valid = false;
+      return p;
+    }
     if (p.kind == PackKind::widened) {
       onednn_detail::widen(
           View<float>(reinterpret_cast<float*>(p.data.get()), w.rows, w.cols, p.stride), w);
     } else if (p.kind == PackKind::restrided) {
+      if (!p.data) {
+        p.data = onednn_detail::allocate(static_cast<std::size_t>(w.rows * p.stride) * sizeof(T));
+      }
       onednn_detail::copy_rows(
           View<T>(reinterpret_cast<T*>(p.data.get()), w.rows, w.cols, p.stride), w);
     } else {
@@ -454,8 +466,8 @@ class OnednnGemm {
       plain_gemm(c, a, Trans::no, w, tw, alpha, beta);
       return;
     }
-    const Pack& p = pack_for(w, tw);
-    if (p.kind == PackKind::identity) {
+    const Pack& p = pack_for(w, tw, c.rows);
+    if (p.kind == PackKind::identity || (p.kind == PackKind::restrided && !p.valid)) {
       plain_gemm(c, a, Trans::no, w, tw, alpha, beta);
     } else if (p.kind == PackKind::widened) {
       if constexpr (std::is_same_v<T, bf16>) {

@@ -1,0 +1,332 @@
+// mmsparse/backend/cpu/skinny_gemm_transposed.hpp
+//
+// Few rows times a transposed weight: C_e [m, K] = alpha A_e [m, N] W_e^T + beta C_e, W_e [K, N]
+// row-major, m small: the input gradient of an expert that took a few tokens (expert choice over
+// a small batch, e.g. the tokens a mixture-of-depths layer keeps: MoMa §2.3-2.4). Each output is a
+// dot product of a row of A with a row of W, both contiguous, so W streams from memory once in
+// its own order: 3 rows of W stay in L1 while every row of A passes them in 3-row groups (9
+// accumulators), over 512-column slices so that the rows of A come from L2 only once per slice.
+// AVX2/FMA kernel (portable loop elsewhere); OpenMP over the rows of W.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include <mmsparse/backend/cpu/skinny_gemm.hpp>
+#include <mmsparse/core/error.hpp>
+#include <mmsparse/core/view.hpp>
+
+namespace mmsparse::cpu {
+
+// Most rows of a segment the kernel takes; longer segments go to the GEMM provider, which is
+// faster from there on (docs/benchmarks.md, "Expert products of short segments").
+inline constexpr std::int64_t skinny_transposed_max_rows = 64;
+
+// Whether a grouped product with W transposed has a segment for the kernel below.
+[[nodiscard]] inline bool has_skinny_transposed_segment(std::span<const std::int64_t> offsets) {
+  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+    const std::int64_t count = offsets[e + 1] - offsets[e];
+    if (count > 0 && count <= skinny_transposed_max_rows) {
+      return true;
+    }
+  }
+  return false;
+}
+
+namespace skinny_transposed_detail {
+
+inline constexpr int a_rows = 3;  // rows of A per register tile
+inline constexpr int w_rows = 4;  // rows of W per register tile: 12 accumulators, 3 + 1 loads
+inline constexpr int tile = a_rows * w_rows;
+inline constexpr std::int64_t slice = 512;  // columns of A and W per pass (2 KB per row)
+inline constexpr std::int64_t vector_width = 8;
+
+#if defined(__AVX2__) && defined(__FMA__)
+// acc[r * IR + i] (8 partial sums each) += A[r, j0:j1) . W[i, j0:j1) for r < RR, i < IR; with
+// `ahead` (not null), also prefetches ahead[i * ldw + j0:j1) for i < 3 (the next rows of W).
+template <int RR, int IR>
+void dot_tile(__m256* acc,
+              const float* a,
+              std::int64_t lda,
+              const float* w,
+              std::int64_t ldw,
+              std::int64_t j0,
+              std::int64_t j1,
+              const float* ahead) {
+  if (ahead != nullptr) {
+    for (std::int64_t j = j0; j < j1; j += 16) {
+#pragma GCC unroll 3
+      for (int i = 0; i < w_rows; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + i * ldw + j), _MM_HINT_T0);
+      }
+    }
+  }
+  __m256 s[RR * IR];
+#pragma GCC unroll 12
+  for (int q = 0; q < RR * IR; ++q) {
+    s[q] = acc[q];
+  }
+  std::int64_t j = j0;
+  for (; j + vector_width <= j1; j += vector_width) {
+    // Each load feeds several FMAs: the empty asm keeps the value in a register (g++ would
+    // fold the load into every FMA that uses it, loading A four times per step).
+    __m256 x[RR];
+#pragma GCC unroll 3
+    for (int r = 0; r < RR; ++r) {
+      x[r] = _mm256_loadu_ps(a + r * lda + j);
+      asm("" : "+x"(x[r]));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < IR; ++i) {
+      __m256 y = _mm256_loadu_ps(w + i * ldw + j);
+      asm("" : "+x"(y));
+#pragma GCC unroll 3
+      for (int r = 0; r < RR; ++r) {
+        s[r * IR + i] = _mm256_fmadd_ps(x[r], y, s[r * IR + i]);
+      }
+    }
+  }
+  if (j < j1) {  // the last 1..7 columns, masked
+    alignas(32) std::int32_t lanes[vector_width];
+    for (std::int64_t l = 0; l < vector_width; ++l) {
+      lanes[l] = j + l < j1 ? -1 : 0;
+    }
+    const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+    __m256 x[RR];
+#pragma GCC unroll 3
+    for (int r = 0; r < RR; ++r) {
+      x[r] = _mm256_maskload_ps(a + r * lda + j, mask);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < IR; ++i) {
+      const __m256 y = _mm256_maskload_ps(w + i * ldw + j, mask);
+#pragma GCC unroll 3
+      for (int r = 0; r < RR; ++r) {
+        s[r * IR + i] = _mm256_fmadd_ps(x[r], y, s[r * IR + i]);
+      }
+    }
+  }
+#pragma GCC unroll 12
+  for (int q = 0; q < RR * IR; ++q) {
+    acc[q] = s[q];
+  }
+}
+
+using Partial = __m256;
+inline void clear(Partial& p) {
+  p = _mm256_setzero_ps();
+}
+inline float total(const Partial& p) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+#else
+// The same partial sums (8 lanes, lane l taking the columns j = l mod 8) in a portable loop.
+struct Partial {
+  float lane[vector_width];
+};
+inline void clear(Partial& p) {
+  std::fill(p.lane, p.lane + vector_width, 0.0f);
+}
+inline float total(const Partial& p) {
+  return ((p.lane[0] + p.lane[4]) + (p.lane[2] + p.lane[6])) +
+         ((p.lane[1] + p.lane[5]) + (p.lane[3] + p.lane[7]));
+}
+template <int RR, int IR>
+void dot_tile(Partial* acc,
+              const float* a,
+              std::int64_t lda,
+              const float* w,
+              std::int64_t ldw,
+              std::int64_t j0,
+              std::int64_t j1,
+              const float* /*ahead: no prefetch*/) {
+  for (int r = 0; r < RR; ++r) {
+    for (int i = 0; i < IR; ++i) {
+      for (std::int64_t j = j0; j < j1; ++j) {
+        acc[r * IR + i].lane[(j - j0) % vector_width] += a[r * lda + j] * w[i * ldw + j];
+      }
+    }
+  }
+}
+#endif
+
+// dot_tile for runtime tile sizes 1..3 x 1..3.
+template <int RR>
+void dot_tile_rows(int ir,
+                   Partial* acc,
+                   const float* a,
+                   std::int64_t lda,
+                   const float* w,
+                   std::int64_t ldw,
+                   std::int64_t j0,
+                   std::int64_t j1,
+                   const float* ahead) {
+  switch (ir) {
+    case 1:
+      dot_tile<RR, 1>(acc, a, lda, w, ldw, j0, j1, ahead);
+      break;
+    case 2:
+      dot_tile<RR, 2>(acc, a, lda, w, ldw, j0, j1, ahead);
+      break;
+    case 3:
+      dot_tile<RR, 3>(acc, a, lda, w, ldw, j0, j1, ahead);
+      break;
+    default:
+      dot_tile<RR, w_rows>(acc, a, lda, w, ldw, j0, j1, ahead);
+      break;
+  }
+}
+inline void dot_tile_any(int rr,
+                         int ir,
+                         Partial* acc,
+                         const float* a,
+                         std::int64_t lda,
+                         const float* w,
+                         std::int64_t ldw,
+                         std::int64_t j0,
+                         std::int64_t j1,
+                         const float* ahead) {
+  switch (rr) {
+    case 1:
+      dot_tile_rows<1>(ir, acc, a, lda, w, ldw, j0, j1, ahead);
+      break;
+    case 2:
+      dot_tile_rows<2>(ir, acc, a, lda, w, ldw, j0, j1, ahead);
+      break;
+    default:
+      dot_tile_rows<a_rows>(ir, acc, a, lda, w, ldw, j0, j1, ahead);
+      break;
+  }
+}
+
+// Columns [i0, i1) of C = alpha A W^T + beta C for one segment: C [m, K], A [m, N], W [K, N].
+// `partials` holds ceil(m / 3) * 9 Partials of the calling thread's scratch.
+inline void columns(View<float> c,
+                    View<const float> a,
+                    View<const float> w,
+                    float alpha,
+                    float beta,
+                    std::int64_t i0,
+                    std::int64_t i1,
+                    Partial* partials) {
+  const std::int64_t m = a.rows;
+  const std::int64_t n = a.cols;
+  const std::int64_t row_groups = (m + a_rows - 1) / a_rows;
+  for (std::int64_t i = i0; i < i1; i += w_rows) {
+    const int ir = static_cast<int>(std::min<std::int64_t>(w_rows, i1 - i));
+    for (std::int64_t q = 0; q < row_groups * tile; ++q) {
+      clear(partials[q]);
+    }
+    for (std::int64_t j0 = 0; j0 < n; j0 += slice) {  // the slice of W stays in L1
+      const std::int64_t j1 = std::min(n, j0 + slice);
+      for (std::int64_t g = 0; g < row_groups; ++g) {
+        const std::int64_t r = g * a_rows;
+        dot_tile_any(static_cast<int>(std::min<std::int64_t>(a_rows, m - r)),
+                     ir,
+                     partials + g * tile,
+                     a.row(r),
+                     a.stride,
+                     w.row(i),
+                     w.stride,
+                     j0,
+                     j1,
+                     g == 0 && i + 2 * w_rows <= i1 ? w.row(i + w_rows) : nullptr);
+      }
+    }
+    for (std::int64_t r = 0; r < m; ++r) {
+      const Partial* p = partials + (r / a_rows) * tile;
+      const std::int64_t rr = r % a_rows;
+      for (int ii = 0; ii < ir; ++ii) {  // a tile keeps its sums at r * ir + i
+        const float v = alpha * total(p[rr * ir + ii]);
+        float& out = c.row(r)[i + ii];
+        out = beta == 0.0f ? v : v + beta * out;
+      }
+    }
+  }
+}
+
+}  // namespace skinny_transposed_detail
+
+// For each segment e of `offsets` (E + 1 non-decreasing row offsets into a and c) with 1 to
+// skinny_transposed_max_rows rows: C_e = alpha A_e W_e^T + beta C_e, W_e being block e of
+// w [E * K, N] and A_e, C_e rows [offsets[e], offsets[e + 1]) of a [T, N], c [T, K]. Other
+// segments are left to the caller. beta = 0 ignores what C held. C must not overlap A or W.
+inline void skinny_grouped_gemm_transposed(View<float> c,
+                                           View<const float> a,
+                                           View<const float> w,
+                                           std::span<const std::int64_t> offsets,
+                                           double alpha,
+                                           double beta) {
+  namespace detail = skinny_transposed_detail;
+  constexpr const char* op = "skinny_grouped_gemm_transposed";
+  const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
+  MMSPARSE_CHECK(w.rows % experts == 0,
+                 op,
+                 "w",
+                 "rows divisible by the " + std::to_string(experts) + " experts",
+                 w.shape());
+  const std::int64_t block = w.rows / experts;
+  MMSPARSE_CHECK(a.cols == w.cols, op, "a", "cols = " + std::to_string(w.cols), a.shape());
+  MMSPARSE_CHECK(c.rows == a.rows && c.cols == block, op, "c", (Shape{a.rows, block}), c.shape());
+  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
+  MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
+  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
+  if (block == 0) {
+    return;
+  }
+  std::int64_t work = 0;
+  for (std::int64_t e = 0; e < experts; ++e) {
+    const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - offsets[e];
+    work += count <= skinny_transposed_max_rows ? count * block * w.cols : 0;
+  }
+  const auto fa = static_cast<float>(alpha);
+  const auto fb = static_cast<float>(beta);
+  auto run = [&](int t, int nt) {
+    constexpr std::int64_t groups =
+        (skinny_transposed_max_rows + detail::a_rows - 1) / detail::a_rows;
+    auto* partials = skinny_detail::thread_buffer<detail::Partial>(0, groups * detail::tile);
+    // Output columns in runs of 16 (one cache line of C) per thread.
+    const std::int64_t runs = (block + 15) / 16;
+    const std::int64_t i0 = std::min(block, runs * t / nt * 16);
+    const std::int64_t i1 = std::min(block, runs * (t + 1) / nt * 16);
+    for (std::int64_t e = 0; e < experts && i0 < i1; ++e) {
+      const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
+      const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
+      if (count == 0 || count > skinny_transposed_max_rows) {
+        continue;
+      }
+      const auto ce = c.row_block(begin, count);
+      if (w.cols == 0) {  // an empty product: C = beta C
+        for (std::int64_t r = 0; r < count; ++r) {
+          for (std::int64_t i = i0; i < i1; ++i) {
+            ce.row(r)[i] = fb == 0.0f ? 0.0f : fb * ce.row(r)[i];
+          }
+        }
+        continue;
+      }
+      detail::columns(
+          ce, a.row_block(begin, count), w.row_block(e * block, block), fa, fb, i0, i1, partials);
+    }
+  };
+#if defined(_OPENMP)
+  if (work >= skinny_detail::parallel_min && !omp_in_parallel() && omp_get_max_threads() > 1) {
+#pragma omp parallel
+    run(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  run(0, 1);
+}
+
+}  // namespace mmsparse::cpu
