@@ -3,13 +3,15 @@
 // One transformer block per configuration (dense, MoT, MoMa 1t1i, MoMa 4t4i, MoD + MoMa 4t4i at
 // c = 0.25 and 0.125, token-choice top-2) at d = 512, 8 heads, S tokens of one sequence (half
 // text, half image in runs): forward and forward + backward tokens/s, each against the dense
-// block of equal active FLOPs run earlier in the same binary (ratio_to_dense), and decode tokens/s
-// with the KV cache (aux routing). Post-norm (Chameleon), QK-norm, SwiGLU f = 1536, float.
+// block of equal active FLOPs run alternately with it in the same iterations (ratio_cpu,
+// ratio_wall), and decode tokens/s with the KV cache (aux routing). Post-norm (Chameleon), QK-norm,
+// SwiGLU f = 1536, float.
 #include <chrono>
 #include <cstdint>
 #include <ctime>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,15 +47,16 @@ Backend& backend() {
   return b;
 }
 
-// Mean seconds per iteration of the benchmarks run so far, by name: wall and process CPU time.
+// Seconds of one run: wall and process CPU time.
 struct Times {
   double wall = 0;
   double cpu = 0;
+  Times& operator+=(const Times& o) {
+    wall += o.wall;
+    cpu += o.cpu;
+    return *this;
+  }
 };
-std::map<std::string, Times>& seconds() {
-  static std::map<std::string, Times> s;
-  return s;
-}
 
 double cpu_now() {
   timespec ts{};
@@ -121,75 +124,93 @@ Grads grads_of(const L& layer) {
 }
 
 template <class F>
-Times timed_loop(benchmark::State& state, const std::string& name, F&& body) {
-  Times total;
-  for (auto _ : state) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const double c0 = cpu_now();
-    body();
-    total.cpu += cpu_now() - c0;
-    total.wall += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  const auto it = static_cast<double>(state.iterations());
-  const Times mean{total.wall / it, total.cpu / it};
-  seconds()[name] = mean;
-  return mean;
+Times timed(F&& body) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const double c0 = cpu_now();
+  body();
+  return {std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+          cpu_now() - c0};
 }
 
-// tokens/s on the wall clock and per CPU-second of each thread (the machine is shared: a
-// descheduled thread stalls the wall clock, not the CPU clock), and the ratios to `dense`.
-void report(benchmark::State& state,
-            Times t,
-            double flops,
-            std::int64_t tokens,
-            const std::string& dense,
-            double goal) {
-  const double threads = Backend::threads();
-  state.counters["tokens/s"] = static_cast<double>(tokens) / t.wall;
-  state.counters["tokens/cpu_s"] = static_cast<double>(tokens) / (t.cpu / threads);
-  state.counters["GFLOP/cpu_s"] = flops / (t.cpu / threads) * 1e-9;
-  state.counters["MFLOP/token"] = flops / static_cast<double>(tokens) * 1e-6;
-  const auto it = seconds().find(dense);
-  if (!dense.empty() && it != seconds().end()) {
-    state.counters["ratio_wall"] = t.wall / it->second.wall;
-    state.counters["ratio_cpu"] = t.cpu / it->second.cpu;
-    state.counters["goal"] = goal;
+// One step of a block over n tokens, ready to run: forward (backward = false: inference, the
+// backend may keep packed copies of the weights) or forward + backward (a training step: the
+// weights change before each one, so packed copies are dropped and a product pays its packing or
+// runs without).
+template <class L>
+class Step {
+ public:
+  Step(const typename L::Config& cfg, std::int64_t n, bool backward)
+      : layer_(cfg), in_(input_of(n)), y_(n, d), dx_(n, d), g_(grads_of(layer_)), bw_(backward) {
+    (*this)();  // warm-up: the workspace reaches its steady size
   }
-}
+  void operator()() {
+    Backend& b = backend();
+    if (bw_) {
+      b.weights_updated();
+      st_ = layer_.forward(b, in_.x.view(), in_.input(), y_.view(), &saved_);
+      dx_.fill(0.0f);
+      layer_.backward(b, saved_, in_.dy.view(), dx_.view(), g_.views, 1.0);
+      benchmark::DoNotOptimize(dx_.data());
+    } else {
+      st_ = layer_.forward(b, in_.x.view(), in_.input(), y_.view());
+      benchmark::DoNotOptimize(y_.data());
+    }
+  }
+  // What ran, the backward counted as twice the forward.
+  [[nodiscard]] double flops() const {
+    return bw_ ? 3.0 * st_.flops : st_.flops;
+  }
 
-// Forward (backward = false: inference, the backend may keep packed copies of the weights) or
-// forward + backward of one block over n tokens (a training step: the weights change before
-// each one, so packed copies are dropped and a product pays its packing or runs without).
+ private:
+  L layer_;
+  const Input& in_;
+  mm::Tensor<float> y_, dx_;
+  Grads g_;
+  typename L::Saved saved_;
+  mm::BlockStats st_;
+  bool bw_;
+};
+
+// One block's step over n tokens; with a baseline (the dense block of equal active FLOPs), the
+// baseline's step runs right after each of the block's, so that a slow spell of the shared machine
+// hits both: ratio_wall and ratio_cpu are the block's time over the baseline's in the same
+// iterations. The benchmark's own time is the block's alone (manual time). tokens/s on the wall
+// clock, tokens/cpu_s per CPU-second of each thread (a descheduled thread stalls the wall clock,
+// not the CPU clock).
 template <class L>
 void bm_block(benchmark::State& state,
-              const std::string& name,
               const typename L::Config& cfg,
+              const std::optional<Dense::Config>& baseline,
               std::int64_t n,
               bool backward,
-              const std::string& dense,
               double goal) {
-  L layer(cfg);
-  Backend& b = backend();
-  const Input& in = input_of(n);
-  mm::Tensor<float> y(n, d), dx(n, d);
-  Grads g = grads_of(layer);
-  typename L::Saved saved;
-  mm::BlockStats st;
-  auto body = [&] {
-    if (backward) {
-      b.weights_updated();  // a training step: the optimizer changed the weights since the last
-      st = layer.forward(b, in.x.view(), in.input(), y.view(), &saved);
-      dx.fill(0.0f);
-      layer.backward(b, saved, in.dy.view(), dx.view(), g.views, 1.0);
-      benchmark::DoNotOptimize(dx.data());
-    } else {
-      st = layer.forward(b, in.x.view(), in.input(), y.view());
-      benchmark::DoNotOptimize(y.data());
+  Step<L> step(cfg, n, backward);
+  std::optional<Step<Dense>> base;
+  if (baseline) {
+    base.emplace(*baseline, n, backward);
+  }
+  Times mine;
+  Times theirs;
+  for (auto _ : state) {
+    const Times t = timed(step);
+    state.SetIterationTime(t.wall);
+    mine += t;
+    if (base) {
+      theirs += timed(*base);
     }
-  };
-  body();  // warm-up: the workspace reaches its steady size
-  const Times t = timed_loop(state, name, body);
-  report(state, t, backward ? 3.0 * st.flops : st.flops, n, dense, goal);
+  }
+  const auto it = static_cast<double>(state.iterations());
+  const double threads = Backend::threads();
+  const auto tokens = static_cast<double>(n);
+  state.counters["tokens/s"] = tokens * it / mine.wall;
+  state.counters["tokens/cpu_s"] = tokens * it / (mine.cpu / threads);
+  state.counters["GFLOP/cpu_s"] = step.flops() * it / (mine.cpu / threads) * 1e-9;
+  state.counters["MFLOP/token"] = step.flops() / tokens * 1e-6;
+  if (base) {
+    state.counters["ratio_wall"] = mine.wall / theirs.wall;
+    state.counters["ratio_cpu"] = mine.cpu / theirs.cpu;
+    state.counters["goal"] = goal;
+  }
 }
 
 // Decode tokens/s: `context` tokens prefilled into the cache (untimed), then `steps` tokens one
@@ -274,42 +295,31 @@ void register_all() {
   for (const std::int64_t n : {1024, 2048}) {
     for (const bool bw : {false, true}) {
       const std::string tag = (bw ? "fwd_bwd/S:" : "fwd/S:") + std::to_string(n);
-      const std::string dense = "BM_block_dense_" + tag;
-      const std::string dense2 = "BM_block_dense_2f_" + tag;
       auto reg = [&](const std::string& name, auto fn) {
-        benchmark::RegisterBenchmark(name.c_str(), fn)
-            ->UseRealTime()
+        benchmark::RegisterBenchmark(("BM_block_" + name + "_" + tag).c_str(), fn)
+            ->UseManualTime()
             ->Unit(benchmark::kMillisecond);
       };
-      reg(dense,
-          [=](benchmark::State& s) { bm_block<Dense>(s, dense, dense_config(), n, bw, "", 0); });
+      const std::optional<Dense::Config> none;
+      const std::optional<Dense::Config> dense = dense_config();
       // The dense block with twice the FFN width: token choice top-2's active FLOPs.
-      reg(dense2, [=](benchmark::State& s) {
-        bm_block<Dense>(s, dense2, dense_config(2 * mm::swiglu_hidden(d)), n, bw, "", 0);
+      const std::optional<Dense::Config> dense2 = dense_config(2 * mm::swiglu_hidden(d));
+      reg("dense", [=](benchmark::State& s) { bm_block<Dense>(s, *dense, none, n, bw, 0); });
+      reg("dense_2f", [=](benchmark::State& s) { bm_block<Dense>(s, *dense2, none, n, bw, 0); });
+      reg("mot", [=](benchmark::State& s) {
+        bm_block<Mot>(s, Mot::Config{block_config(), {}, {}}, dense, n, bw, 1.05);
       });
-      const std::string mot = "BM_block_mot_" + tag;
-      reg(mot, [=](benchmark::State& s) {
-        bm_block<Mot>(s, mot, Mot::Config{block_config(), {}, {}}, n, bw, dense, 1.05);
-      });
-      const std::string hard = "BM_block_moma1t1i_" + tag;
-      reg(hard, [=](benchmark::State& s) {
-        bm_block<Moma1t1i>(s, hard, hard_config(), n, bw, dense, 1.05);
-      });
-      const std::string moma = "BM_block_moma4t4i_" + tag;
-      reg(moma, [=](benchmark::State& s) {
-        bm_block<Moma4t4i>(s, moma, moma_config(), n, bw, dense, 1.10);
-      });
+      reg("moma1t1i",
+          [=](benchmark::State& s) { bm_block<Moma1t1i>(s, hard_config(), dense, n, bw, 1.05); });
+      reg("moma4t4i",
+          [=](benchmark::State& s) { bm_block<Moma4t4i>(s, moma_config(), dense, n, bw, 1.10); });
       for (const double c : {0.25, 0.125}) {
-        const std::string mod =
-            "BM_block_mod" + std::to_string(c).substr(0, 5) + "_moma4t4i_" + tag;
-        reg(mod, [=](benchmark::State& s) {
-          bm_block<ModMoma>(s, mod, mod_config(c), n, bw, dense, c * 1.05);
+        reg("mod" + std::to_string(c).substr(0, 5) + "_moma4t4i", [=](benchmark::State& s) {
+          bm_block<ModMoma>(s, mod_config(c), dense, n, bw, c * 1.05);
         });
       }
-      const std::string top2 = "BM_block_top2_" + tag;
-      reg(top2, [=](benchmark::State& s) {
-        bm_block<Top2>(s, top2, top2_config(), n, bw, dense2, 1.10);
-      });
+      reg("top2",
+          [=](benchmark::State& s) { bm_block<Top2>(s, top2_config(), dense2, n, bw, 1.10); });
     }
   }
   const std::int64_t context = 960, steps = 64;

@@ -44,7 +44,7 @@ def main():
     for r in runs:
         s = scale[r.get("time_unit", "ns")]
         cells = [fmt(c, r[c]) if c in r else "" for c in counters]
-        name = r.get("run_name", r["name"]).replace("/real_time", "")
+        name = r.get("run_name", r["name"]).replace("/real_time", "").replace("/manual_time", "")
         print(f"| {name} | {r['real_time'] * s:.2f} | {r['cpu_time'] * s:.2f} | "
               + " | ".join(cells) + " |")
 

@@ -29,7 +29,7 @@ namespace mmsparse::cpu {
 
 // Most rows of a segment the kernel takes; longer segments go to the GEMM provider, which is
 // faster from there on (docs/benchmarks.md, "Expert products of short segments").
-inline constexpr std::int64_t skinny_transposed_max_rows = 64;
+inline constexpr std::int64_t skinny_transposed_max_rows = 32;
 
 // Whether a grouped product with W transposed has a segment for the kernel below.
 [[nodiscard]] inline bool has_skinny_transposed_segment(std::span<const std::int64_t> offsets) {

@@ -24,7 +24,7 @@
 namespace mmsparse::cpu {
 
 // Most rows of a segment the kernel takes; longer segments have enough rows for a GEMM provider
-// to reach its compute rate (docs/benchmarks.md, "Weight gradient of small segments").
+// to reach its compute rate (docs/benchmarks.md, "Expert products of short segments").
 inline constexpr std::int64_t skinny_grad_max_rows = 96;
 
 // Whether a grouped weight gradient has a segment for the kernel below (1..skinny_grad_max_rows).
