@@ -176,15 +176,16 @@ class Step {
 // hits both: ratio_wall and ratio_cpu are the block's time over the baseline's in the same
 // iterations. The benchmark's own time is the block's alone (manual time). tokens/s on the wall
 // clock, tokens/cpu_s per CPU-second of each thread (a descheduled thread stalls the wall clock,
-// not the CPU clock).
+// not the CPU clock). block_tokens > 0 runs the block over that many tokens instead of n.
 template <class L>
 void bm_block(benchmark::State& state,
               const typename L::Config& cfg,
               const std::optional<Dense::Config>& baseline,
               std::int64_t n,
               bool backward,
-              double goal) {
-  Step<L> step(cfg, n, backward);
+              double goal,
+              std::int64_t block_tokens = 0) {
+  Step<L> step(cfg, block_tokens > 0 ? block_tokens : n, backward);
   std::optional<Step<Dense>> base;
   if (baseline) {
     base.emplace(*baseline, n, backward);
@@ -201,7 +202,7 @@ void bm_block(benchmark::State& state,
   }
   const auto it = static_cast<double>(state.iterations());
   const double threads = Backend::threads();
-  const auto tokens = static_cast<double>(n);
+  const auto tokens = static_cast<double>(block_tokens > 0 ? block_tokens : n);
   state.counters["tokens/s"] = tokens * it / mine.wall;
   state.counters["tokens/cpu_s"] = tokens * it / (mine.cpu / threads);
   state.counters["GFLOP/cpu_s"] = step.flops() * it / (mine.cpu / threads) * 1e-9;
@@ -314,8 +315,15 @@ void register_all() {
       reg("moma4t4i",
           [=](benchmark::State& s) { bm_block<Moma4t4i>(s, moma_config(), dense, n, bw, 1.10); });
       for (const double c : {0.25, 0.125}) {
-        reg("mod" + std::to_string(c).substr(0, 5) + "_moma4t4i", [=](benchmark::State& s) {
+        const std::string cap = std::to_string(c).substr(0, 5);
+        reg("mod" + cap + "_moma4t4i", [=](benchmark::State& s) {
           bm_block<ModMoma>(s, mod_config(c), dense, n, bw, c * 1.05);
+        });
+        // The dense block over just the c S tokens a MoD layer keeps (one sequence of them):
+        // what MoD would cost with free routing and an inner block as fast as the dense one.
+        reg("dense_on_kept" + cap, [=](benchmark::State& s) {
+          const auto kept = static_cast<std::int64_t>(c * static_cast<double>(n));
+          bm_block<Dense>(s, *dense, dense, n, bw, c * 1.05, kept);
         });
       }
       reg("top2",
