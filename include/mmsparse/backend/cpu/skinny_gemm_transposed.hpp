@@ -4,8 +4,8 @@
 // row-major, m small: the input gradient of an expert that took a few tokens (expert choice over
 // a small batch, e.g. the tokens a mixture-of-depths layer keeps: MoMa §2.3-2.4). Each output is a
 // dot product of a row of A with a row of W, both contiguous, so W streams from memory once in
-// its own order: 3 rows of W stay in L1 while every row of A passes them in 3-row groups (9
-// accumulators), over 512-column slices so that the rows of A come from L2 only once per slice.
+// its own order: a 512-column slice of 4 rows of W stays in L1 while every row of A passes it in
+// 3-row groups (12 accumulators); the partial sums carry over from slice to slice.
 // AVX2/FMA kernel (portable loop elsewhere); OpenMP over the rows of W.
 #pragma once
 
@@ -52,7 +52,7 @@ inline constexpr std::int64_t vector_width = 8;
 
 #if defined(__AVX2__) && defined(__FMA__)
 // acc[r * IR + i] (8 partial sums each) += A[r, j0:j1) . W[i, j0:j1) for r < RR, i < IR; with
-// `ahead` (not null), also prefetches ahead[i * ldw + j0:j1) for i < 3 (the next rows of W).
+// `ahead` (not null), also prefetches ahead[i * ldw + j0:j1) for i < 4 (the next rows of W).
 template <int RR, int IR>
 void dot_tile(__m256* acc,
               const float* a,
@@ -64,7 +64,7 @@ void dot_tile(__m256* acc,
               const float* ahead) {
   if (ahead != nullptr) {
     for (std::int64_t j = j0; j < j1; j += 16) {
-#pragma GCC unroll 3
+#pragma GCC unroll 4
       for (int i = 0; i < w_rows; ++i) {
         _mm_prefetch(reinterpret_cast<const char*>(ahead + i * ldw + j), _MM_HINT_T0);
       }
