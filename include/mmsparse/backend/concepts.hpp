@@ -61,6 +61,34 @@ inline std::int64_t check_segment_offsets(const char* op,
   return static_cast<std::int64_t>(offsets.size()) - 1;
 }
 
+// Whether some segment has 1..max_rows rows: one for a small-M kernel.
+[[nodiscard]] inline bool has_short_segment(SegmentOffsets offsets, std::int64_t max_rows) {
+  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
+    const std::int64_t count = offsets[e + 1] - offsets[e];
+    if (count > 0 && count <= max_rows) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Validates the grouped weight gradient W_e = A_e^T B_e over `offsets` (into a [T, K] and
+// b [T, N]) for a stacked w [E * K, N]. Returns the block rows K.
+template <class T, class S>
+std::int64_t check_grouped_weight_grad(
+    const char* op, View<T, S> w, View<const T, S> a, View<const T, S> b, SegmentOffsets offsets) {
+  const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
+  MMSPARSE_CHECK(w.rows % experts == 0,
+                 op,
+                 "w",
+                 "rows divisible by the " + std::to_string(experts) + " experts",
+                 w.shape());
+  const std::int64_t block = w.rows / experts;
+  MMSPARSE_CHECK(a.cols == block, op, "a", "cols = " + std::to_string(block), a.shape());
+  MMSPARSE_CHECK(b.rows == a.rows && b.cols == w.cols, op, "b", (Shape{a.rows, w.cols}), b.shape());
+  return block;
+}
+
 template <class B>
 concept backend = requires(B& b,
                            View<typename B::scalar, typename B::space> y,

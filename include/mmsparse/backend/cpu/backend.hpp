@@ -136,7 +136,7 @@ class CpuBackend {
       }
     }
     if constexpr (std::is_same_v<U, float>) {
-      if (tw == Trans::yes && cpu::has_skinny_transposed_segment(offsets)) {
+      if (tw == Trans::yes && has_short_segment(offsets, cpu::skinny_transposed_max_rows)) {
         skinny_grouped_gemm_transposed(c, a, w, offsets, alpha, beta);
         return;
       }
@@ -172,7 +172,7 @@ class CpuBackend {
                                 double alpha = 1.0,
                                 double beta = 1.0) {
     if constexpr (std::is_same_v<U, float>) {
-      if (cpu::has_skinny_grad_segment(offsets)) {
+      if (has_short_segment(offsets, cpu::skinny_grad_max_rows)) {
         skinny_grouped_weight_grad(w, a, b, offsets, alpha, beta);
         return;
       }

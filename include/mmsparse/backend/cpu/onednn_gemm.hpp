@@ -132,17 +132,9 @@ class OnednnGemm {
                                 SegmentOffsets offsets,
                                 double alpha,
                                 double beta) {
-    const char* op = "OnednnGemm::grouped_gemm_weight_grad";
-    const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
-    MMSPARSE_CHECK(w.rows % experts == 0,
-                   op,
-                   "w",
-                   "rows divisible by the " + std::to_string(experts) + " experts",
-                   w.shape());
-    const std::int64_t block = w.rows / experts;
-    MMSPARSE_CHECK(a.cols == block, op, "a", "cols = " + std::to_string(block), a.shape());
-    MMSPARSE_CHECK(
-        b.rows == a.rows && b.cols == w.cols, op, "b", (Shape{a.rows, w.cols}), b.shape());
+    const std::int64_t block =
+        check_grouped_weight_grad("OnednnGemm::grouped_gemm_weight_grad", w, a, b, offsets);
+    const std::int64_t experts = static_cast<std::int64_t>(offsets.size()) - 1;
     for (std::int64_t e = 0; e < experts; ++e) {
       const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
       const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;

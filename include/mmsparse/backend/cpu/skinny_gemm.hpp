@@ -488,13 +488,7 @@ void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double al
 
 // Whether a grouped GEMM has a segment the skinny kernel takes (1..skinny_max_rows rows).
 [[nodiscard]] inline bool has_skinny_segment(std::span<const std::int64_t> offsets) {
-  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
-    const std::int64_t count = offsets[e + 1] - offsets[e];
-    if (count > 0 && count <= skinny_max_rows) {
-      return true;
-    }
-  }
-  return false;
+  return has_short_segment(offsets, skinny_max_rows);
 }
 
 // Validates C_e = A_e W_e over the segments `offsets` (E + 1 non-decreasing row offsets into a

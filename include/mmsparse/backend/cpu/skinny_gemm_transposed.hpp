@@ -31,17 +31,6 @@ namespace mmsparse::cpu {
 // faster from there on (docs/benchmarks.md, "Expert products of short segments").
 inline constexpr std::int64_t skinny_transposed_max_rows = 32;
 
-// Whether a grouped product with W transposed has a segment for the kernel below.
-[[nodiscard]] inline bool has_skinny_transposed_segment(std::span<const std::int64_t> offsets) {
-  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
-    const std::int64_t count = offsets[e + 1] - offsets[e];
-    if (count > 0 && count <= skinny_transposed_max_rows) {
-      return true;
-    }
-  }
-  return false;
-}
-
 namespace skinny_transposed_detail {
 
 inline constexpr int a_rows = 3;  // rows of A per register tile

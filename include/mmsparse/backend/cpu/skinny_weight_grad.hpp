@@ -27,17 +27,6 @@ namespace mmsparse::cpu {
 // to reach its compute rate (docs/benchmarks.md, "Expert products of short segments").
 inline constexpr std::int64_t skinny_grad_max_rows = 96;
 
-// Whether a grouped weight gradient has a segment for the kernel below (1..skinny_grad_max_rows).
-[[nodiscard]] inline bool has_skinny_grad_segment(std::span<const std::int64_t> offsets) {
-  for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
-    const std::int64_t count = offsets[e + 1] - offsets[e];
-    if (count > 0 && count <= skinny_grad_max_rows) {
-      return true;
-    }
-  }
-  return false;
-}
-
 namespace skinny_detail {
 
 // Rows [r0, r1) of one weight block: W [r0:r1, :] = alpha A^T B + beta W over the m rows of A [m,
@@ -109,15 +98,8 @@ inline void skinny_grouped_weight_grad(View<float> w,
                                        double alpha,
                                        double beta) {
   constexpr const char* op = "skinny_grouped_weight_grad";
-  const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
-  MMSPARSE_CHECK(w.rows % experts == 0,
-                 op,
-                 "w",
-                 "rows divisible by the " + std::to_string(experts) + " experts",
-                 w.shape());
-  const std::int64_t block = w.rows / experts;
-  MMSPARSE_CHECK(a.cols == block, op, "a", "cols = " + std::to_string(block), a.shape());
-  MMSPARSE_CHECK(b.rows == a.rows && b.cols == w.cols, op, "b", (Shape{a.rows, w.cols}), b.shape());
+  const std::int64_t block = check_grouped_weight_grad(op, w, a, b, offsets);
+  const std::int64_t experts = static_cast<std::int64_t>(offsets.size()) - 1;
   MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
   MMSPARSE_CHECK(b.rows <= 1 || b.stride >= b.cols, op, "b.stride", ">= b.cols", b.stride);
   MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
