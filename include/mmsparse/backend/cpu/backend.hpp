@@ -483,15 +483,25 @@ class CpuBackend {
         } else {
           cpu::skinny_gemm(ce, ae, we, alpha, beta);
         }
-      } else if constexpr (requires {
-                             gemm_.grouped_gemm(c, a, w, Trans::no, offsets, alpha, beta);
-                           }) {
-        // One segment over its own block: the provider keys its packs by the block, as above.
-        const std::array<std::int64_t, 2> one = {0, count};
-        gemm_.grouped_gemm(ce, ae, we, Trans::no, SegmentOffsets(one), alpha, beta);
       } else {
-        gemm_.gemm(ce, ae, Trans::no, we, Trans::no, alpha, beta);
+        provider_segment(ce, ae, we, Trans::no, alpha, beta);
       }
+    }
+  }
+
+  // C_e = alpha A_e op(W_e) + beta C_e for one segment on the provider: as a one-segment grouped
+  // product over its own block where the provider has one (its packs are keyed by the block, so
+  // they are the same as for the whole call), else as a plain product.
+  template <class U>
+  void provider_segment(
+      View<U> ce, View<const U> ae, View<const U> we, Trans tw, double alpha, double beta) {
+    const std::array<std::int64_t, 2> one = {0, ce.rows};
+    if constexpr (requires {
+                    gemm_.grouped_gemm(ce, ae, we, tw, SegmentOffsets(one), alpha, beta);
+                  }) {
+      gemm_.grouped_gemm(ce, ae, we, tw, SegmentOffsets(one), alpha, beta);
+    } else {
+      gemm_.gemm(ce, ae, Trans::no, we, tw, alpha, beta);
     }
   }
 
@@ -511,15 +521,12 @@ class CpuBackend {
       if (count <= cpu::skinny_transposed_max_rows) {
         continue;
       }
-      auto ce = c.row_block(begin, count);
-      auto ae = a.row_block(begin, count);
-      auto we = w.row_block(static_cast<std::int64_t>(e) * block, block);
-      if constexpr (requires { gemm_.grouped_gemm(c, a, w, Trans::yes, offsets, alpha, beta); }) {
-        const std::array<std::int64_t, 2> one = {0, count};  // keyed by its block, as above
-        gemm_.grouped_gemm(ce, ae, we, Trans::yes, SegmentOffsets(one), alpha, beta);
-      } else {
-        gemm_.gemm(ce, ae, Trans::no, we, Trans::yes, alpha, beta);
-      }
+      provider_segment(c.row_block(begin, count),
+                       a.row_block(begin, count),
+                       w.row_block(static_cast<std::int64_t>(e) * block, block),
+                       Trans::yes,
+                       alpha,
+                       beta);
     }
   }
 
