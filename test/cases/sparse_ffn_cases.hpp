@@ -72,6 +72,8 @@ inline const std::vector<SparseFfnCase>& edge_cases() {
       {"one_token", 1, 16, 32, {4, 4}, {0.0, 1.0}, 1, 24},
       {"three_tokens_2t6i", 3, 16, 32, {2, 6}, {1.0 / 3, 2.0 / 3}, 1, 25},
       {"empty", 0, 16, 32, {2, 2}, {0.5, 0.5}, 1, 26},
+      // d = f = 256: rows of 1 KB (float) and 2 KB (double), which Tensor::weight pads.
+      {"padded_rows_2t2i", 24, 256, 256, {2, 2}, {0.5, 0.5}, 4, 27},
   };
   return cases;
 }

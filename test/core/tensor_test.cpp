@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <mmsparse/core/dtype.hpp>
 #include <mmsparse/core/tensor.hpp>
 
 namespace mm = mmsparse;
@@ -79,4 +80,53 @@ TEST_CASE("Views: blocks, strides, const conversion", "[core][cpu]") {
   REQUIRE(cs.size == 24);
   STATIC_REQUIRE(!std::is_convertible_v<mm::View<float, mm::device_space>, mm::View<float>>);
   STATIC_REQUIRE(!std::is_convertible_v<mm::View<const float>, mm::View<float>>);
+}
+
+TEST_CASE("Weight matrices pad rows that would alias in the caches", "[core][cpu]") {
+  // A row of 1 KB (256 floats, 512 bf16, 128 doubles) or a multiple gets one 64-byte line more.
+  CHECK(mm::weight_row_stride<float>(4, 256) == 256 + 16);
+  CHECK(mm::weight_row_stride<float>(4, 1536) == 1536 + 16);
+  CHECK(mm::weight_row_stride<double>(4, 128) == 128 + 8);
+  CHECK(mm::weight_row_stride<mm::bf16>(4, 512) == 512 + 32);
+  CHECK(mm::weight_row_stride<float>(4, 255) == 255);  // not a multiple of 1 KB
+  CHECK(mm::weight_row_stride<float>(4, 128) == 128);  // 512 B
+  CHECK(mm::weight_row_stride<float>(1, 256) == 256);  // one row has nothing to alias with
+  CHECK(mm::weight_row_stride<float>(4, 0) == 0);
+
+  auto w = mm::Tensor<float>::weight(3, 256);
+  REQUIRE(w.stride() == 272);
+  REQUIRE_FALSE(w.contiguous());
+  REQUIRE(w.size() == 3 * 256);
+  REQUIRE(w.bytes() == 3 * 272 * sizeof(float));
+  REQUIRE(reinterpret_cast<std::uintptr_t>(w.data()) % 64 == 0);
+  const auto v = w.view();
+  REQUIRE(v.stride == 272);
+  REQUIRE(v.shape() == mm::Shape{3, 256});
+  for (std::int64_t i = 0; i < 3; ++i) {
+    for (std::int64_t j = 0; j < 256; ++j) {
+      w(i, j) = static_cast<float>(1000 * i + j + 1);
+    }
+  }
+  REQUIRE(v(2, 5) == 2006.0f);
+  REQUIRE(w.data()[2 * 272 + 5] == 2006.0f);  // operator() walks the padded rows
+  // The padding starts at zero and neither fill nor element writes touch it.
+  w.fill(-3.0f);
+  for (std::int64_t i = 0; i < 3; ++i) {
+    for (std::int64_t j = 256; j < 272; ++j) {
+      REQUIRE(w.data()[i * 272 + j] == 0.0f);
+    }
+    REQUIRE(w(i, 255) == -3.0f);
+  }
+  // clone keeps the layout; span() and flat indexing need a contiguous tensor.
+  const auto c = w.clone();
+  REQUIRE(c.stride() == 272);
+  REQUIRE(c(1, 7) == -3.0f);
+  REQUIRE_THROWS_WITH(w.span(), Catch::Contains("[Tensor] span") && Catch::Contains("272"));
+
+  // Shapes that do not alias, and single rows, stay contiguous.
+  REQUIRE(mm::Tensor<float>::weight(3, 100).contiguous());
+  REQUIRE(mm::Tensor<float>::weight(1, 256).contiguous());
+  REQUIRE(mm::Tensor<float>(3, 256).contiguous());
+  REQUIRE_THROWS_WITH((mm::Tensor<float>(2, 8, 7)),
+                      Catch::Contains("[Tensor] stride") && Catch::Contains(">= cols = 8"));
 }

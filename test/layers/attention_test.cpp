@@ -155,6 +155,89 @@ TEST_CASE("Attention forward matches a naive double reference", "[layers][cpu]")
   }
 }
 
+TEST_CASE("Attention with padded weight rows: the reference, and the contiguous layout's gradients",
+          "[layers][cpu]") {
+  // d = 128 doubles: 1 KB rows, which the layer's own weights pad (Tensor::weight).
+  const mm::AttentionConfig cfg{
+      .d = 128, .heads = 4, .qk_norm = mm::QkNorm::rms_norm, .query_tile = 8, .seed = 31};
+  Attn layer(cfg);
+  REQUIRE(layer.weights().wq.stride == mm::weight_row_stride<double>(128, 128));
+  REQUIRE(layer.weights().wq.stride > 128);
+  randomize(layer.weights(), 131);
+  const std::int64_t n = 2 * kSeq;
+  mm::Rng rng(32);
+  auto x = rng.normal_tensor<double>(n, cfg.d);
+  const auto pos = make_positions(n, kSeq, 5);
+  const auto mask = mask_for(true);
+  Cpu b;
+  Attn::Saved saved;
+  mm::Tensor<double> y(n, cfg.d);
+  layer.forward(b, x.view(), span_of(pos), mask, y.view(), saved);
+  const auto ref = reference(layer.config(),
+                             x,
+                             pos,
+                             mask,
+                             {ref_weights(layer.weights())},
+                             std::vector<int>(static_cast<std::size_t>(n), 0));
+  REQUIRE(rel_error<double>(y.view(), ref.view()) < 1e-12);
+
+  // The same weights in contiguous memory (the layout the finite-difference tests check) give
+  // the same output and the same gradients.
+  const auto w = layer.weights();
+  const mm::View<double> from[] = {
+      w.wq, w.wk, w.wv, w.wo, w.q_norm, w.q_norm_bias, w.k_norm, w.k_norm_bias};
+  std::vector<mm::Tensor<double>> store;
+  for (const auto& v : from) {
+    store.emplace_back(v.rows, v.cols);
+    for (std::int64_t i = 0; i < v.rows; ++i) {
+      for (std::int64_t j = 0; j < v.cols; ++j) {
+        store.back()(i, j) = v(i, j);
+      }
+    }
+  }
+  auto views = [](std::vector<mm::Tensor<double>>& t) {
+    return Attn::Weights{t[0].view(),
+                         t[1].view(),
+                         t[2].view(),
+                         t[3].view(),
+                         t[4].view(),
+                         t[5].view(),
+                         t[6].view(),
+                         t[7].view()};
+  };
+  Attn contiguous(cfg);
+  contiguous.bind(views(store));
+  REQUIRE(contiguous.weights().wq.stride == 128);
+  Attn::Saved saved_c;
+  mm::Tensor<double> yc(n, cfg.d);
+  contiguous.forward(b, x.view(), span_of(pos), mask, yc.view(), saved_c);
+  REQUIRE(rel_error<double>(yc.view(), y.view()) < 1e-14);
+
+  auto dy = rng.normal_tensor<double>(n, cfg.d);
+  auto grads_of = [&](Attn& l, Attn::Saved& s, mm::Tensor<double>& dx) {
+    std::vector<mm::Tensor<double>> g;
+    for (const auto& v : from) {
+      g.emplace_back(v.rows, v.cols);
+      g.back().fill(0.0);
+    }
+    l.backward(b, s, dy.view(), dx.view(), views(g));
+    return g;
+  };
+  mm::Tensor<double> dx(n, cfg.d);
+  mm::Tensor<double> dx_c(n, cfg.d);
+  dx.fill(0.0);
+  dx_c.fill(0.0);
+  const auto g = grads_of(layer, saved, dx);
+  const auto g_c = grads_of(contiguous, saved_c, dx_c);
+  CHECK(rel_error<double>(dx.view(), dx_c.view()) < 1e-13);
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    if (g[i].size() > 0) {
+      INFO("weight " << i);
+      CHECK(rel_error<double>(g[i].view(), g_c[i].view()) < 1e-13);
+    }
+  }
+}
+
 TEST_CASE("Attention in float agrees with double", "[layers][cpu]") {
   using CpuF = mm::CpuBackend<float>;
   mm::AttentionConfig cfg{.d = 32,

@@ -111,3 +111,62 @@ TEST_CASE("adamw: needs an allocated arena and valid betas", "[train][cpu]") {
   arena.allocate(b);
   REQUIRE_THROWS_WITH((AdamW<float, B>(arena, {.beta1 = 1.0})), Catch::Contains("beta1"));
 }
+
+TEST_CASE("adamw: padded weight rows update like contiguous ones; the padding stays zero",
+          "[train][cpu]") {
+  // [3, 128] doubles: 1 KB rows, which the arena pads (weight_row_stride); [3, 5] is not padded.
+  using B = CpuBackend<double>;
+  B b;
+  ParamArena<double, B> padded;
+  const auto pw = padded.add("w", {3, 128});
+  const auto pn = padded.add("n", {3, 5});
+  padded.allocate(b);
+  REQUIRE(padded.value(pw).stride == 136);
+  REQUIRE(padded.grad(pw).stride == 136);
+  REQUIRE(padded.slices()[0].extent() == 3 * 136);
+  REQUIRE(padded.slices()[1].offset == 3 * 136);
+  REQUIRE(padded.value(pn).stride == 5);
+  Rng rng(9);
+  rng.fill_normal(padded.value(pw));
+  rng.fill_normal(padded.value(pn));
+  const AdamWConfig cfg{.beta1 = 0.7, .beta2 = 0.95, .eps = 1e-7, .weight_decay = 0.2};
+  AdamW<double, B> opt(padded, cfg);
+  // Reference over the elements, by (row, column).
+  std::vector<double> p, m, v;
+  auto each = [&](auto&& f) {
+    std::size_t k = 0;
+    for (const auto id : {pw, pn}) {
+      auto val = padded.value(id);
+      auto gr = padded.grad(id);
+      for (std::int64_t i = 0; i < val.rows; ++i) {
+        for (std::int64_t j = 0; j < val.cols; ++j, ++k) {
+          f(k, val(i, j), gr(i, j));
+        }
+      }
+    }
+  };
+  each([&](std::size_t, double& x, double&) { p.push_back(x); });
+  m.assign(p.size(), 0.0);
+  v.assign(p.size(), 0.0);
+  for (int t = 1; t <= 4; ++t) {
+    const double lr = 0.02 * t;
+    rng.fill_normal(padded.grad(pw));
+    rng.fill_normal(padded.grad(pn));
+    opt.step(b, lr);
+    each([&](std::size_t k, double& x, double& g) {
+      p[k] -= lr * cfg.weight_decay * p[k];
+      m[k] = cfg.beta1 * m[k] + (1 - cfg.beta1) * g;
+      v[k] = cfg.beta2 * v[k] + (1 - cfg.beta2) * g * g;
+      const double mh = m[k] / (1 - std::pow(cfg.beta1, t));
+      const double vh = v[k] / (1 - std::pow(cfg.beta2, t));
+      p[k] -= lr * mh / (std::sqrt(vh) + cfg.eps);
+      CHECK(x == Approx(p[k]).epsilon(1e-13));
+    });
+  }
+  const double* base = padded.values().data;
+  for (std::int64_t i = 0; i < 3; ++i) {
+    for (std::int64_t j = 128; j < 136; ++j) {
+      REQUIRE(base[i * 136 + j] == 0.0);
+    }
+  }
+}

@@ -4,6 +4,8 @@
 // named [rows, cols] slices (llm.c's params_memory / grads_memory). zero_grad, AdamW, clipping and
 // checkpoints are then one loop each. Layers bind their weights to value slices; their gradient
 // views are the matching slices of the gradient buffer. Declare all slices, then allocate().
+// Host slices have the row layout of Tensor::weight; their padding stays zero (a zero gradient
+// leaves a zero weight under AdamW).
 #pragma once
 
 #include <cstddef>
@@ -11,6 +13,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -26,6 +29,12 @@ struct ParamSlice {
   Shape shape;
   std::int64_t offset = 0;  // elements from the start of the arena
   bool decay = true;        // AdamW applies weight decay (false for norms, embeddings, biases)
+  std::int64_t stride = 0;  // elements between rows: cols, or padded (weight_row_stride)
+
+  // Elements the slice spans in the arena, row padding included.
+  [[nodiscard]] std::int64_t extent() const {
+    return shape.rows * stride;
+  }
 };
 
 template <class T, backend B>
@@ -55,8 +64,12 @@ class ParamArena {
         shape.rows >= 0 && shape.cols >= 0, "ParamArena::add", name, "non-negative dims", shape);
     MMSPARSE_CHECK(find(name) < 0, "ParamArena::add", "name", "a new name", name);
     const std::int64_t offset = (size_ + align - 1) / align * align;
-    slices_.push_back({std::move(name), shape, offset, decay});
-    size_ = offset + shape.rows * shape.cols;
+    // Host weights get the layout of Tensor::weight: rows that would alias are padded.
+    const std::int64_t stride = std::is_same_v<space, host_space>
+                                    ? weight_row_stride<T>(shape.rows, shape.cols)
+                                    : shape.cols;
+    slices_.push_back({std::move(name), shape, offset, decay, stride});
+    size_ = offset + shape.rows * stride;
     return static_cast<std::int64_t>(slices_.size()) - 1;
   }
 
@@ -77,7 +90,7 @@ class ParamArena {
   [[nodiscard]] const std::vector<ParamSlice>& slices() const {
     return slices_;
   }
-  // Elements of the arena, alignment padding included.
+  // Elements of the arena, alignment and row padding included.
   [[nodiscard]] std::int64_t size() const {
     return size_;
   }
@@ -152,7 +165,7 @@ class ParamArena {
                    "a slice id in [0, " + std::to_string(slices_.size()) + ")",
                    id);
     const ParamSlice& s = slices_[static_cast<std::size_t>(id)];
-    return view_type(checked(t).data() + s.offset, s.shape.rows, s.shape.cols);
+    return view_type(checked(t).data() + s.offset, s.shape.rows, s.shape.cols, s.stride);
   }
 
   std::vector<ParamSlice> slices_;

@@ -87,9 +87,11 @@ class QkvProjection {
                                        std::tuple{&q_norm_bias_, bias, dh, 0.0},
                                        std::tuple{&k_norm_, norm, dh, 1.0},
                                        std::tuple{&k_norm_bias_, bias, dh, 0.0}}) {
-      *t = Tensor<T, S>(rows, cols);  // weights ~ N(0, 1/d); norm weights 1, biases 0
-      for (std::int64_t i = 0; i < t->size(); ++i) {
-        t->data()[i] = scalar_cast<T>(init < 0 ? stddev * rng.normal() : init);
+      *t = Tensor<T, S>::weight(rows, cols);  // weights ~ N(0, 1/d); norm weights 1, biases 0
+      for (std::int64_t i = 0; i < rows; ++i) {
+        for (std::int64_t j = 0; j < cols; ++j) {
+          (*t)(i, j) = scalar_cast<T>(init < 0 ? stddev * rng.normal() : init);
+        }
       }
     }
     weights_ = {wq_.view(),
@@ -360,13 +362,15 @@ class OutProjection {
 
   explicit OutProjection(AttentionConfig cfg)
       : cfg_(resolve_attention_config(cfg, "OutProjection")) {
-    wo_ = Tensor<T, S>(cfg_.q_width(), cfg_.d);
+    wo_ = Tensor<T, S>::weight(cfg_.q_width(), cfg_.d);
     static_assert(std::is_same_v<S, host_space>,
                   "layers initialise their own weights on the host; bind() device weights");
     Rng rng(cfg_.seed ^ 0x9e3779b97f4a7c15ull);  // a stream apart from QkvProjection's
     const double stddev = 1.0 / std::sqrt(static_cast<double>(cfg_.q_width()));
-    for (std::int64_t i = 0; i < wo_.size(); ++i) {
-      wo_.data()[i] = scalar_cast<T>(stddev * rng.normal());
+    for (std::int64_t i = 0; i < wo_.rows(); ++i) {
+      for (std::int64_t j = 0; j < wo_.cols(); ++j) {
+        wo_(i, j) = scalar_cast<T>(stddev * rng.normal());
+      }
     }
     weights_ = {wo_.view()};
   }

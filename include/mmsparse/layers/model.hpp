@@ -100,8 +100,8 @@ class Decoder {
         odd_.emplace_back(c);
       }
     }
-    embed_ = Tensor<T, S>(cfg_.vocab, d);
-    head_ = Tensor<T, S>(d, cfg_.vocab);
+    embed_ = Tensor<T, S>::weight(cfg_.vocab, d);
+    head_ = Tensor<T, S>::weight(d, cfg_.vocab);
     final_norm_ = Tensor<T, S>(1, d);
     Rng rng(cfg_.seed ^ 0xa0761d6478bd642full);
     rng.fill_normal(embed_.view(), 1.0);

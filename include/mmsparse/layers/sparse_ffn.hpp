@@ -171,10 +171,10 @@ class SparseFfn {
     if constexpr (std::is_same_v<S, host_space>) {
       const std::int64_t d = cfg_.d;
       const std::int64_t f = cfg_.hidden;
-      router_w_ = Tensor<W, S>(d, router_columns_);
-      w1_ = Tensor<T, S>(experts_ * d, f);
-      w3_ = Tensor<T, S>(experts_ * d, f);
-      w2_ = Tensor<T, S>(experts_ * f, d);
+      router_w_ = Tensor<W, S>::weight(d, router_columns_);
+      w1_ = Tensor<T, S>::weight(experts_ * d, f);
+      w3_ = Tensor<T, S>::weight(experts_ * d, f);
+      w2_ = Tensor<T, S>::weight(experts_ * f, d);
       Rng rng(cfg_.seed);
       detail::init_normal(router_w_, rng, 1.0 / std::sqrt(static_cast<double>(d)));
       detail::init_normal(w1_, rng, 1.0 / std::sqrt(static_cast<double>(d)));

@@ -55,9 +55,9 @@ class SwiGluFfn {
     }
     const std::int64_t d = cfg_.d;
     const std::int64_t f = cfg_.hidden;
-    w1_ = Tensor<T, S>(d, f);
-    w3_ = Tensor<T, S>(d, f);
-    w2_ = Tensor<T, S>(f, d);
+    w1_ = Tensor<T, S>::weight(d, f);
+    w3_ = Tensor<T, S>::weight(d, f);
+    w2_ = Tensor<T, S>::weight(f, d);
     Rng rng(cfg_.seed);
     detail::init_normal(w1_, rng, 1.0 / std::sqrt(static_cast<double>(d)));
     detail::init_normal(w3_, rng, 1.0 / std::sqrt(static_cast<double>(d)));

@@ -72,8 +72,8 @@ class AuxRouter {
   };
 
   explicit AuxRouter(Config cfg) : cfg_(resolve(cfg)) {
-    w1_ = Tensor<W, S>(cfg_.d, cfg_.hidden);
-    w2_ = Tensor<W, S>(cfg_.hidden, cfg_.experts);
+    w1_ = Tensor<W, S>::weight(cfg_.d, cfg_.hidden);
+    w2_ = Tensor<W, S>::weight(cfg_.hidden, cfg_.experts);
     static_assert(std::is_same_v<S, host_space>,
                   "AuxRouter initialises its weights on the host; bind() device weights instead");
     Rng rng(cfg_.seed ^ 0x5851f42d4c957f2dull);

@@ -62,7 +62,7 @@ class AdamW {
     const T* g = params_.grads().data;
     for (const ParamSlice& s : params_.slices()) {
       const A decay = s.decay ? static_cast<A>(1.0 - lr * cfg_.weight_decay) : A{1};
-      const std::int64_t end = s.offset + s.shape.rows * s.shape.cols;
+      const std::int64_t end = s.offset + s.extent();  // row padding included: it stays 0
 #pragma omp parallel for schedule(static) if (end - s.offset > (1 << 16))
       for (std::int64_t i = s.offset; i < end; ++i) {
         const A gi = scalar_cast<A>(g[i]);

@@ -117,17 +117,12 @@ class Scratch {
   std::size_t bytes_ = 0;
 };
 
-// A row stride that is a multiple of 1 KB maps the rows of an operand onto a few L1 sets.
 // oneDNN 2.6's AVX2 sgemm reads B in place (its no-copy kernel) whenever 1/m + 1/n is large,
-// e.g. 512 x 1536 x 512, and then runs at 55-70 % of its speed with a stride of 512 floats
-// (gemm_bench, docs/design.md): packed copies of such weights get one cache line more per row.
-inline bool aliasing_stride(std::int64_t stride, std::size_t element_bytes) {
-  return stride > 0 && (static_cast<std::size_t>(stride) * element_bytes) % 1024 == 0;
-}
-inline std::int64_t padded_stride(std::int64_t cols, std::size_t element_bytes) {
-  const auto line = static_cast<std::int64_t>(64 / element_bytes);
-  return (cols + line - 1) / line * line + line;
-}
+// e.g. 512 x 1536 x 512, and then runs at 55-70 % of its speed when B's rows alias (a stride
+// that is a multiple of 1 KB, core/tensor.hpp): copies of such weights get padded rows. The
+// library's own weights are padded already (Tensor::weight); a caller's may not be.
+using mmsparse::aliasing_row_stride;
+using mmsparse::padded_row_stride;
 
 // Rows of a product from which a padded copy of its weight pays for itself within the call
 // (copying k n elements against m k n multiply-adds run a third faster: 128 x 512 x 512 from a
@@ -138,7 +133,7 @@ inline constexpr std::int64_t copy_pays_rows = 128;
 // this call: B's rows alias (above), oneDNN would take its no-copy kernel (1/m + 1/n >= 0.0038,
 // its AVX2 threshold) and m >= copy_pays_rows.
 inline bool copy_b_pays(std::int64_t m, std::int64_t n, std::int64_t b_stride, std::size_t bytes) {
-  return m >= copy_pays_rows && n > 1 && aliasing_stride(b_stride, bytes) &&
+  return m >= copy_pays_rows && n > 1 && aliasing_row_stride(b_stride, bytes) &&
          1.0 / static_cast<double>(m) + 1.0 / static_cast<double>(n) >= 0.0038;
 }
 

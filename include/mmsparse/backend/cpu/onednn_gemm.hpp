@@ -315,7 +315,7 @@ class OnednnGemm {
     }
     if (b.rows > 1 && onednn_detail::copy_b_pays(c.rows, c.cols, b.stride, sizeof(T))) {
       // B's rows alias in the no-copy kernel: multiply a copy with a padded stride.
-      const std::int64_t stride = onednn_detail::padded_stride(b.cols, sizeof(T));
+      const std::int64_t stride = onednn_detail::padded_row_stride(b.cols, sizeof(T));
       const View<T> copy(restride_b_.take<T>(b.rows * stride), b.rows, b.cols, stride);
       onednn_detail::copy_rows(copy, b);
       const View<const T> padded(copy);
@@ -397,12 +397,13 @@ class OnednnGemm {
     const bool used_this_epoch = !inserted && p.last_used == epoch_;
     p.last_used = epoch_;
     if (inserted) {
-      using onednn_detail::aliasing_stride;
-      using onednn_detail::padded_stride;
+      using onednn_detail::aliasing_row_stride;
+      using onednn_detail::padded_row_stride;
       if (std::is_same_v<T, bf16> && !native_bf16()) {
         p.kind = PackKind::widened;  // w as it is: transposing here would be slower
-        p.stride =
-            aliasing_stride(w.cols, sizeof(float)) ? padded_stride(w.cols, sizeof(float)) : w.cols;
+        p.stride = aliasing_row_stride(w.cols, sizeof(float))
+                       ? padded_row_stride(w.cols, sizeof(float))
+                       : w.cols;
         p.data =
             onednn_detail::allocate(static_cast<std::size_t>(w.rows * p.stride) * sizeof(float));
       } else {
@@ -411,9 +412,9 @@ class OnednnGemm {
         if (l.ok && (l.blocked || options_.pack == PackMode::always)) {
           p.kind = PackKind::reordered;
           p.data = onednn_detail::allocate(l.md.get_size());
-        } else if (w.rows > 1 && aliasing_stride(w.stride, sizeof(T))) {
+        } else if (w.rows > 1 && aliasing_row_stride(w.stride, sizeof(T))) {
           p.kind = PackKind::restrided;  // allocated when first written
-          p.stride = padded_stride(w.cols, sizeof(T));
+          p.stride = padded_row_stride(w.cols, sizeof(T));
         }
       }
     }
