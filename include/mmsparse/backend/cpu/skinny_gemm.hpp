@@ -1,10 +1,15 @@
 // mmsparse/backend/cpu/skinny_gemm.hpp
 //
-// Small-M GEMM for decode: C [M, N] = alpha A [M, K] W [K, N] + beta C with M <= 16, streaming the
-// weight W once from memory (f32, or bf16 widened in registers: half the bytes). W is row-major,
-// or packed once into 16-column panels (SkinnyPanels) that each thread reads as one contiguous
-// run, about twice the rate of the row-major walk. Register-tiled AVX2/FMA micro-kernel
-// (portable loop elsewhere); OpenMP over the 16-column tiles of N.
+// Small-M GEMM for decode and short expert segments: C [M, N] = alpha A [M, K] W [K, N] + beta C
+// with M <= 24, streaming the weight W once from memory (f32, or bf16 widened in registers: half
+// the bytes). Three walks, which all sum each output in the same order (one FMA chain over k
+// from zero), so they round alike and the backend may pick any of them:
+//  - f32 W row-major: the lane kernel, rows of A in vector lanes and each element of W broadcast
+//    once, reading W along its rows without a copy;
+//  - W packed once into 16-column panels (SkinnyPanels), which each thread reads as one
+//    contiguous run: the fastest for a few rows (decode);
+//  - bf16 W row-major: 16-column tiles copied out of W a few rows at a time.
+// Register-tiled AVX2/FMA micro-kernels (portable loops elsewhere); OpenMP over the columns.
 #pragma once
 
 #include <algorithm>
@@ -28,8 +33,8 @@
 
 namespace mmsparse::cpu {
 
-// Largest M the skinny path takes (decode: a few rows per expert).
-inline constexpr std::int64_t skinny_max_rows = 16;
+// Largest M the skinny path takes (decode, and the few rows per expert of a short segment).
+inline constexpr std::int64_t skinny_max_rows = 24;
 
 // Activations (A, C) and weights (W) the skinny path multiplies; double goes to the providers.
 template <class T>
@@ -186,6 +191,7 @@ void micro_kernel_rows(int mr,
 }
 
 // Scratch of the calling thread that only grows: a steady-state call allocates nothing.
+// Float buffers: 0 the lane kernel's A^T, 1 accumulators, 2 bf16 A widened (drive).
 template <class U>
 U* thread_buffer(int which, std::int64_t count) {
   thread_local std::vector<U> buffers[3];
@@ -262,7 +268,153 @@ void row_major_columns(std::int64_t m,
         }
       }
     }
-    done(nb, nb + nc, acc, acc_stride);
+    done(nb, nb + nc, acc, acc_stride, std::int64_t{1});
+  }
+}
+
+// ---- the lane kernel: f32 W row-major -------------------------------------------------------
+
+inline constexpr std::int64_t lane_block_k = 32;  // rows of W per pass over a thread's columns
+inline constexpr int lane_prefetch_bytes = 256;   // W is prefetched this far ahead in its row
+
+#if defined(__AVX2__) && defined(__FMA__)
+// acc [NC][8 MV] (+)= A [8 MV, kc] W [kc, NC], the rows of A in the lanes of MV vectors (at is
+// A^T, [kc][8 MV]) and column j of the tile in acc + 8 MV j. Per k, each of the NC elements of W
+// is broadcast once and multiplies all the rows: W is read once, along its rows.
+template <int MV, int NC>
+void lane_kernel(float* acc,
+                 bool accumulate,
+                 const float* at,
+                 const float* w,
+                 std::int64_t ldw,
+                 std::int64_t kc) {
+  constexpr int mp = 8 * MV;
+  __m256 c[NC][MV];  // every loop below is unrolled, so that c stays in registers
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j) {
+#pragma GCC unroll 4
+    for (int v = 0; v < MV; ++v) {
+      c[j][v] = accumulate ? _mm256_loadu_ps(acc + j * mp + v * 8) : _mm256_setzero_ps();
+    }
+  }
+  for (std::int64_t k = 0; k < kc; ++k) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + lane_prefetch_bytes, _MM_HINT_T0);
+    __m256 a[MV];
+#pragma GCC unroll 4
+    for (int v = 0; v < MV; ++v) {
+      a[v] = _mm256_loadu_ps(at + k * mp + v * 8);
+      asm("" : "+x"(a[v]));  // loaded once per k: g++ would fold the load into every FMA
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) {
+      const __m256 b = _mm256_broadcast_ss(w + k * ldw + j);
+#pragma GCC unroll 4
+      for (int v = 0; v < MV; ++v) {
+        c[j][v] = _mm256_fmadd_ps(a[v], b, c[j][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j) {
+#pragma GCC unroll 4
+    for (int v = 0; v < MV; ++v) {
+      _mm256_storeu_ps(acc + j * mp + v * 8, c[j][v]);
+    }
+  }
+}
+#else
+// The same sums in the same order as the micro-kernel's portable loop.
+template <int MV, int NC>
+void lane_kernel(float* acc,
+                 bool accumulate,
+                 const float* at,
+                 const float* w,
+                 std::int64_t ldw,
+                 std::int64_t kc) {
+  constexpr int mp = 8 * MV;
+  for (int j = 0; j < NC; ++j) {
+    for (int i = 0; i < mp; ++i) {
+      float sum = accumulate ? acc[j * mp + i] : 0.0f;
+      for (std::int64_t k = 0; k < kc; ++k) {
+        sum += at[k * mp + i] * w[k * ldw + j];
+      }
+      acc[j * mp + i] = sum;
+    }
+  }
+}
+#endif
+
+// The lane kernel for the last tile of a thread's columns: nc <= NC columns.
+template <int MV, int NC>
+void lane_kernel_cols(int nc,
+                      float* acc,
+                      bool accumulate,
+                      const float* at,
+                      const float* w,
+                      std::int64_t ldw,
+                      std::int64_t kc) {
+  if constexpr (NC > 1) {
+    if (nc < NC) {
+      lane_kernel_cols<MV, NC - 1>(nc, acc, accumulate, at, w, ldw, kc);
+      return;
+    }
+  }
+  lane_kernel<MV, NC>(acc, accumulate, at, w, ldw, kc);
+}
+
+// Row-major f32 W through the lane kernel: A^T packed once per thread ([K][8 MV], zero past M),
+// then K in lane_block_k slices, each walking the thread's columns [n_begin, n_end) NC at a time
+// (lane_block_k short runs along the rows of W, which the hardware streams), the accumulators
+// [columns][8 MV] staying in L2; done() folds them into C.
+template <int MV, int NC, class Done>
+void lane_columns(std::int64_t m,
+                  std::int64_t k,
+                  const float* a,
+                  std::int64_t lda,
+                  View<const float> w,
+                  std::int64_t n_begin,
+                  std::int64_t n_end,
+                  Done&& done) {
+  constexpr std::int64_t mp = 8 * MV;
+  float* at = thread_buffer<float>(0, k * mp);
+  for (std::int64_t i = 0; i < mp; ++i) {
+    for (std::int64_t kk = 0; kk < k; ++kk) {
+      at[kk * mp + i] = i < m ? a[i * lda + kk] : 0.0f;
+    }
+  }
+  float* acc = thread_buffer<float>(1, (n_end - n_begin) * mp);
+  for (std::int64_t kb = 0; kb < k; kb += lane_block_k) {
+    const std::int64_t kc = std::min(lane_block_k, k - kb);
+    for (std::int64_t j = n_begin; j < n_end; j += NC) {
+      const int nc = static_cast<int>(std::min<std::int64_t>(NC, n_end - j));
+      lane_kernel_cols<MV, NC>(nc,
+                               acc + (j - n_begin) * mp,
+                               kb > 0,
+                               at + kb * mp,
+                               w.data + kb * w.stride + j,
+                               w.stride,
+                               kc);
+    }
+  }
+  done(n_begin, n_end, acc, std::int64_t{1}, mp);  // row i of column j at acc[j mp + i]
+}
+
+// The lane tile for M rows: 12 accumulators, plus MV vectors of A and one broadcast of W.
+template <class Done>
+void lane_columns(std::int64_t m,
+                  std::int64_t k,
+                  const float* a,
+                  std::int64_t lda,
+                  View<const float> w,
+                  std::int64_t n_begin,
+                  std::int64_t n_end,
+                  Done&& done) {
+  if (m <= 8) {
+    lane_columns<1, 12>(m, k, a, lda, w, n_begin, n_end, done);
+  } else if (m <= 16) {
+    lane_columns<2, 6>(m, k, a, lda, w, n_begin, n_end, done);
+  } else {
+    lane_columns<3, 4>(m, k, a, lda, w, n_begin, n_end, done);
   }
 }
 
@@ -364,13 +516,14 @@ void panel_columns(std::int64_t m,
                kc);
       }
     }
-    done(n0, std::min(n_end, n0 + tile_cols), acc, std::int64_t{tile_cols});
+    done(n0, std::min(n_end, n0 + tile_cols), acc, std::int64_t{tile_cols}, std::int64_t{1});
   }
 }
 
-// What both layouts share: checks of A and C, bf16 A widened once, 16-column tiles split over
-// the threads, and the fold of float accumulators into C. `columns(a, lda, n_begin, n_end,
-// done)` multiplies one thread's columns and calls done(j0, j1, acc, acc_stride) per block.
+// What the walks share: checks of A and C, bf16 A widened once, 16-column tiles split over the
+// threads, and the fold of float accumulators into C. `columns(a, lda, n_begin, n_end, done)`
+// multiplies one thread's columns and calls done(j0, j1, acc, row_stride, col_stride) per block:
+// the sum of row i and column j (j0 <= j < j1) is acc[i row_stride + (j - j0) col_stride].
 template <class T, class Columns>
 void drive(const char* op,
            View<T> c,
@@ -396,12 +549,16 @@ void drive(const char* op,
   const auto fa = static_cast<float>(alpha);
   const auto fb = static_cast<float>(beta);
   // C[:, j0:j1) = fa * acc + fb * C; beta = 0 never reads C (it may hold NaN).
-  auto done = [&](std::int64_t j0, std::int64_t j1, const float* acc, std::int64_t ld) {
+  auto done = [&](std::int64_t j0,
+                  std::int64_t j1,
+                  const float* acc,
+                  std::int64_t row_stride,
+                  std::int64_t col_stride) {
     for (std::int64_t i = 0; i < m; ++i) {
       T* row = c.row(i);
-      const float* acc_row = acc + i * ld;
+      const float* acc_row = acc + i * row_stride;
       for (std::int64_t j = j0; j < j1; ++j) {
-        const float v = fa * acc_row[j - j0];
+        const float v = fa * acc_row[(j - j0) * col_stride];
         row[j] = scalar_cast<T>(beta == 0.0 ? v : v + fb * scalar_cast<float>(row[j]));
       }
     }
@@ -409,7 +566,7 @@ void drive(const char* op,
   if (k == 0) {
     const float zero[tile_cols] = {};
     for (std::int64_t j = 0; j < n; j += tile_cols) {
-      done(j, std::min(n, j + tile_cols), zero, 0);
+      done(j, std::min(n, j + tile_cols), zero, 0, 0);
     }
     return;
   }
@@ -468,12 +625,16 @@ void skinny_gemm(View<T> c, View<const T> a, View<const TW> w, double alpha, dou
   MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
   skinny_detail::drive(
       op, c, a, w.cols, alpha, beta, [&](auto ap, auto lda, auto n0, auto n1, auto& done) {
-        skinny_detail::row_major_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
+        if constexpr (std::is_same_v<TW, float>) {
+          skinny_detail::lane_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
+        } else {
+          skinny_detail::row_major_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
+        }
       });
 }
 
 // The same with W packed into panels (pack_skinny_panels): each thread streams its panels as one
-// contiguous run of memory.
+// contiguous run of memory. Worth it up to skinny_panel_max_rows<TW> rows.
 template <class T, class TW>
 void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double alpha, double beta) {
   static_assert(skinny_supported_v<T> && skinny_supported_v<TW>,
@@ -485,6 +646,13 @@ void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double al
         skinny_detail::panel_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
       });
 }
+
+// Rows up to which the panels beat the row-major walk: one row chunk (tile_rows) for f32 weights,
+// which the lane kernel reads in place as fast from 7 rows on (8 experts' 512 x 1536 weights,
+// 8 rows: 0.77 ms row-major against 1.16 in panels); 16 for bf16, whose row-major walk copies.
+template <class TW>
+inline constexpr std::int64_t skinny_panel_max_rows =
+    std::is_same_v<TW, float> ? skinny_detail::tile_rows : 16;
 
 // Whether a grouped GEMM has a segment the skinny kernel takes (1..skinny_max_rows rows).
 [[nodiscard]] inline bool has_skinny_segment(std::span<const std::int64_t> offsets) {
