@@ -2,7 +2,7 @@
 //
 // The CPU backend: host memory, OpenMP threads, a workspace arena, and a GEMM
 // provider chosen at compile time (oneDNN where found, else Eigen); products with
-// at most 24 rows go to the skinny kernels (skinny_*.hpp) with either provider.
+// at most 16 rows go to the skinny kernels (skinny_*.hpp) with either provider.
 // Every primitive of the backend concept (backend/concepts.hpp) forwards to the
 // kernels of this folder. CpuBackend<double> is the project's oracle backend.
 #pragma once
