@@ -50,9 +50,8 @@ using DefaultGemm = EigenGemm;
 
 struct CpuOptions {
   int threads = 0;  // 0: leave OpenMP's default (OMP_NUM_THREADS or all cores)
-  // Panel copies of the grouped_gemm weight blocks that segments of a few rows multiply
-  // (decode; cpu::skinny_panel_max_rows): about 2x the streaming rate, for a second copy of
-  // those blocks (skinny_pack.hpp).
+  // Panel copies of the grouped_gemm weight blocks that segments of <= 16 rows multiply
+  // (decode): about 2x the streaming rate, for a second copy of those blocks (skinny_pack.hpp).
   bool pack_skinny_weights = true;
 };
 
@@ -119,10 +118,10 @@ class CpuBackend {
   // For each expert e: C_e = alpha * A_e op(W_e) + beta * C_e, where X_e are rows
   // [offsets[e], offsets[e+1]) and W_e is block e of the stacked weight w [E * wr, wc].
   // With W not transposed (the forward), a segment of 1..skinny_max_rows rows goes to the skinny
-  // kernel (bf16 widened in registers): up to skinny_panel_max_rows rows over a panel copy of
-  // W_e once W_e has been used twice with the same weights (CpuOptions::pack_skinny_weights),
-  // otherwise over W_e itself; the other segments go to the provider (docs/design.md, "CPU GEMM
-  // provider"). Every skinny walk rounds alike, so the choice never changes a result.
+  // kernel (bf16 widened in registers): over a panel copy of W_e once W_e has been used twice
+  // with the same weights (CpuOptions::pack_skinny_weights), otherwise over W_e itself; the
+  // other segments go to the provider (docs/design.md, "CPU GEMM provider"). Every skinny walk
+  // rounds alike, so the choice never changes a result.
   template <class U>
   void grouped_gemm(View<U> c,
                     View<const U> a,
@@ -479,8 +478,7 @@ class CpuBackend {
       auto ae = a.row_block(begin, count);
       auto we = w.row_block(static_cast<std::int64_t>(e) * block, block);
       if (count <= cpu::skinny_max_rows) {
-        const bool panels_pay = pack_skinny_ && count <= cpu::skinny_panel_max_rows<U>;
-        const auto panels = panels_pay ? skinny_packs_.find(we) : std::nullopt;
+        const auto panels = pack_skinny_ ? skinny_packs_.find(we) : std::nullopt;
         if (panels) {
           cpu::skinny_gemm(ce, ae, *panels, alpha, beta);
         } else {

@@ -633,7 +633,7 @@ void skinny_gemm(View<T> c, View<const T> a, View<const TW> w, double alpha, dou
 }
 
 // The same with W packed into panels (pack_skinny_panels): each thread streams its panels as one
-// contiguous run of memory. Worth it up to skinny_panel_max_rows<TW> rows.
+// contiguous run of memory.
 template <class T, class TW>
 void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double alpha, double beta) {
   static_assert(skinny_supported_v<T> && skinny_supported_v<TW>,
@@ -645,13 +645,6 @@ void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double al
         skinny_detail::panel_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
       });
 }
-
-// Rows up to which the panels beat the row-major walk: one row chunk (tile_rows) for f32 weights,
-// which the lane kernel reads in place as fast from 7 rows on (8 experts' 512 x 1536 weights,
-// 8 rows: 0.77 ms row-major against 1.16 in panels); 16 for bf16, whose row-major walk copies.
-template <class TW>
-inline constexpr std::int64_t skinny_panel_max_rows =
-    std::is_same_v<TW, float> ? skinny_detail::tile_rows : 16;
 
 // Whether a grouped GEMM has a segment the skinny kernel takes (1..skinny_max_rows rows).
 [[nodiscard]] inline bool has_skinny_segment(std::span<const std::int64_t> offsets) {
