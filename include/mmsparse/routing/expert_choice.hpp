@@ -143,6 +143,31 @@ void top_tokens_backward(B& b,
     return;
   }
   auto frame = b.workspace().frame();
+  if (gate == GateFn::sigmoid && e == 1) {
+    // One sigmoid column (mixture-of-depths): only the kept rows have a gradient, so the
+    // product with x and W_r runs over those C rows instead of all n.
+    using T = typename B::scalar;
+    const std::int64_t c = saved.offsets[1] - saved.offsets[0];
+    if (c == 0) {
+      return;
+    }
+    const auto kept_rows = saved.token.span().subspan(saved.offsets[0], c);
+    auto xk = b.workspace().template take<T>(c, rows.x.cols);   // [C, d] kept rows of x
+    auto dxk = b.workspace().template take<T>(c, rows.x.cols);  // [C, d]
+    auto score = b.workspace().template take<W>(c, 1);          // [C, 1]
+    auto dlogits = b.workspace().template take<W>(c, 1);        // [C, 1]
+    b.gather_rows(xk, rows.x, kept_rows);
+    b.gather_rows(score, saved.score.view(), kept_rows);
+    b.sigmoid_backward(
+        dlogits, View<const W, S>(dgate.data + saved.offsets[0], c, 1), detail::as_const(score));
+    b.fill(dxk, T{});
+    RouteRows<B> kept;
+    kept.x = detail::as_const(xk);
+    kept.weight = rows.weight;
+    router_logits_backward(b, kept, detail::as_const(dlogits), dxk, dweight);
+    b.scatter_add_rows(dx, detail::as_const(dxk), kept_rows, Span<const W, S>{});
+    return;
+  }
   auto dscore = b.workspace().template take<W>(n, e);   // [n, E]
   auto dlogits = b.workspace().template take<W>(n, e);  // [n, E]
   b.fill(dscore, W{});

@@ -41,7 +41,10 @@ inline constexpr std::int64_t vector_width = 8;
 
 #if defined(__AVX2__) && defined(__FMA__)
 // acc[r * IR + i] (8 partial sums each) += A[r, j0:j1) . W[i, j0:j1) for r < RR, i < IR; with
-// `ahead` (not null), also prefetches ahead[i * ldw + j0:j1) for i < 4 (the next rows of W).
+// `ahead` (not null), also prefetches ahead[i * ldw + j0:j1) for i < 4 (the next rows of W): a line
+// per row every 16 columns, spread over the loop so that the requests overlap the FMAs (issued
+// all at once, they queue behind each other and the DRAM latency shows: 16 rows cold 2.0-2.4 ms
+// against 1.75 once spread, docs/benchmarks.md "Expert products of short segments").
 template <int RR, int IR>
 void dot_tile(__m256* acc,
               const float* a,
@@ -51,14 +54,6 @@ void dot_tile(__m256* acc,
               std::int64_t j0,
               std::int64_t j1,
               const float* ahead) {
-  if (ahead != nullptr) {
-    for (std::int64_t j = j0; j < j1; j += 16) {
-#pragma GCC unroll 4
-      for (int i = 0; i < w_rows; ++i) {
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + i * ldw + j), _MM_HINT_T0);
-      }
-    }
-  }
   __m256 s[RR * IR];
 #pragma GCC unroll 12
   for (int q = 0; q < RR * IR; ++q) {
@@ -66,6 +61,12 @@ void dot_tile(__m256* acc,
   }
   std::int64_t j = j0;
   for (; j + vector_width <= j1; j += vector_width) {
+    if (ahead != nullptr && (j & 15) == 0) {
+#pragma GCC unroll 4
+      for (int i = 0; i < w_rows; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + i * ldw + j), _MM_HINT_T0);
+      }
+    }
     // Each load feeds several FMAs: the empty asm keeps the value in a register (g++ would
     // fold the load into every FMA that uses it, loading A four times per step).
     __m256 x[RR];
