@@ -189,30 +189,46 @@ void bm_train_step(benchmark::State& state, int threads, Provider& provider) {
 // kernels) or a GEMM provider alone, which multiplies every segment itself.
 enum class Product { forward, input_grad, weight_grad };
 
+// 8 experts' [512, 1536] products over `rows` rows each. With `copies` > 1 the steps take turns
+// over that many sets of weights (and weight gradients), 25 MB each: with 4, a step's weights were
+// last touched 75 MB ago and come from memory, as in a network whose layers' experts outgrow the
+// last-level cache; with 1 they stay in it.
 template <class Provider>
-void bm_short_segments(
-    benchmark::State& state, std::int64_t rows, Product product, int threads, Provider& provider) {
+void bm_short_segments(benchmark::State& state,
+                       std::int64_t rows,
+                       Product product,
+                       int threads,
+                       int copies,
+                       Provider& provider) {
   set_threads(threads);
   constexpr std::int64_t experts = 8;
   constexpr std::int64_t d = 512;
   constexpr std::int64_t f = 1536;
   const std::int64_t n = experts * rows;
   mm::Tensor<float> x(n, d);
-  mm::Tensor<float> w(experts * d, f);
   mm::Tensor<float> h(n, f);
-  mm::Tensor<float> dw(experts * d, f);
+  std::vector<mm::Tensor<float>> weights;
+  std::vector<mm::Tensor<float>> grads;
   fill(x, 7);
-  fill(w, 8);
   fill(h, 9);
-  fill(dw, 10);
+  for (int i = 0; i < copies; ++i) {
+    weights.emplace_back(experts * d, f);
+    grads.emplace_back(experts * d, f);
+    fill(weights.back(), 8 + 2 * static_cast<std::uint64_t>(i));
+    fill(grads.back(), 9 + 2 * static_cast<std::uint64_t>(i));
+  }
   std::vector<std::int64_t> offsets;
   for (std::int64_t e = 0; e <= experts; ++e) {
     offsets.push_back(e * rows);
   }
+  std::size_t turn = 0;
   auto step = [&] {
     if constexpr (requires { provider.weights_updated(); }) {
       provider.weights_updated();
     }
+    const mm::Tensor<float>& w = weights[turn % weights.size()];
+    mm::Tensor<float>& dw = grads[turn % grads.size()];
+    ++turn;
     switch (product) {
       case Product::forward:
         provider.grouped_gemm(h.view(), cv(x), cv(w), Trans::no, offsets, 1.0, 0.0);
@@ -302,16 +318,25 @@ void register_all() {
                                            std::pair{"input_grad", Product::input_grad},
                                            std::pair{"weight_grad", Product::weight_grad}}) {
         const std::string tail = std::string("/") + label + "/rows:" + std::to_string(rows) + th;
-        add("short_segments/backend" + tail, [=](benchmark::State& st) {
-          mm::CpuBackend<float> b;
-          bm_short_segments(st, rows, product, t, b);
-        });
+        // "_cold": the weights come from memory (4 sets in turn); only for the rows a
+        // mixture-of-depths layer's inner experts see at S = 1024.
+        const bool cold_too = rows == 16 || rows == 17 || rows == 32;
+        for (const int copies : {1, 4}) {
+          if (copies > 1 && !cold_too) {
+            continue;
+          }
+          const std::string name = copies > 1 ? "short_segments_cold/" : "short_segments/";
+          add(name + "backend" + tail, [=](benchmark::State& st) {
+            mm::CpuBackend<float> b;
+            bm_short_segments(st, rows, product, t, copies, b);
+          });
 #if defined(MMSPARSE_WITH_ONEDNN)
-        add("short_segments/onednn" + tail, [=](benchmark::State& st) {
-          mm::cpu::OnednnGemm g;
-          bm_short_segments(st, rows, product, t, g);
-        });
+          add(name + "onednn" + tail, [=](benchmark::State& st) {
+            mm::cpu::OnednnGemm g;
+            bm_short_segments(st, rows, product, t, copies, g);
+          });
 #endif
+        }
       }
     }
     add("train_step/eigen_f32" + th, [=](benchmark::State& st) {

@@ -41,10 +41,8 @@ inline constexpr std::int64_t vector_width = 8;
 
 #if defined(__AVX2__) && defined(__FMA__)
 // acc[r * IR + i] (8 partial sums each) += A[r, j0:j1) . W[i, j0:j1) for r < RR, i < IR; with
-// `ahead` (not null), also prefetches ahead[i * ldw + j0:j1) for i < 4 (the next rows of W): a line
-// per row every 16 columns, spread over the loop so that the requests overlap the FMAs (issued
-// all at once, they queue behind each other and the DRAM latency shows: 16 rows cold 2.0-2.4 ms
-// against 1.75 once spread, docs/benchmarks.md "Expert products of short segments").
+// `ahead` (not null), also prefetches ahead[i * ldw + p0:p1) for i < 4 (a share of the next rows of
+// W): a line per row every 16 columns, inside the loop so that the requests overlap the FMAs.
 template <int RR, int IR>
 void dot_tile(__m256* acc,
               const float* a,
@@ -53,7 +51,9 @@ void dot_tile(__m256* acc,
               std::int64_t ldw,
               std::int64_t j0,
               std::int64_t j1,
-              const float* ahead) {
+              const float* ahead,
+              std::int64_t p0,
+              std::int64_t p1) {
   __m256 s[RR * IR];
 #pragma GCC unroll 12
   for (int q = 0; q < RR * IR; ++q) {
@@ -61,7 +61,7 @@ void dot_tile(__m256* acc,
   }
   std::int64_t j = j0;
   for (; j + vector_width <= j1; j += vector_width) {
-    if (ahead != nullptr && (j & 15) == 0) {
+    if (ahead != nullptr && (j & 15) == 0 && j >= p0 && j < p1) {
 #pragma GCC unroll 4
       for (int i = 0; i < w_rows; ++i) {
         _mm_prefetch(reinterpret_cast<const char*>(ahead + i * ldw + j), _MM_HINT_T0);
@@ -140,7 +140,9 @@ void dot_tile(Partial* acc,
               std::int64_t ldw,
               std::int64_t j0,
               std::int64_t j1,
-              const float* /*ahead: no prefetch*/) {
+              const float* /*ahead: no prefetch*/,
+              std::int64_t /*p0*/,
+              std::int64_t /*p1*/) {
   for (int r = 0; r < RR; ++r) {
     for (int i = 0; i < IR; ++i) {
       for (std::int64_t j = j0; j < j1; ++j) {
@@ -161,19 +163,21 @@ void dot_tile_rows(int ir,
                    std::int64_t ldw,
                    std::int64_t j0,
                    std::int64_t j1,
-                   const float* ahead) {
+                   const float* ahead,
+                   std::int64_t p0,
+                   std::int64_t p1) {
   switch (ir) {
     case 1:
-      dot_tile<RR, 1>(acc, a, lda, w, ldw, j0, j1, ahead);
+      dot_tile<RR, 1>(acc, a, lda, w, ldw, j0, j1, ahead, p0, p1);
       break;
     case 2:
-      dot_tile<RR, 2>(acc, a, lda, w, ldw, j0, j1, ahead);
+      dot_tile<RR, 2>(acc, a, lda, w, ldw, j0, j1, ahead, p0, p1);
       break;
     case 3:
-      dot_tile<RR, 3>(acc, a, lda, w, ldw, j0, j1, ahead);
+      dot_tile<RR, 3>(acc, a, lda, w, ldw, j0, j1, ahead, p0, p1);
       break;
     default:
-      dot_tile<RR, w_rows>(acc, a, lda, w, ldw, j0, j1, ahead);
+      dot_tile<RR, w_rows>(acc, a, lda, w, ldw, j0, j1, ahead, p0, p1);
       break;
   }
 }
@@ -186,16 +190,18 @@ inline void dot_tile_any(int rr,
                          std::int64_t ldw,
                          std::int64_t j0,
                          std::int64_t j1,
-                         const float* ahead) {
+                         const float* ahead,
+                         std::int64_t p0,
+                         std::int64_t p1) {
   switch (rr) {
     case 1:
-      dot_tile_rows<1>(ir, acc, a, lda, w, ldw, j0, j1, ahead);
+      dot_tile_rows<1>(ir, acc, a, lda, w, ldw, j0, j1, ahead, p0, p1);
       break;
     case 2:
-      dot_tile_rows<2>(ir, acc, a, lda, w, ldw, j0, j1, ahead);
+      dot_tile_rows<2>(ir, acc, a, lda, w, ldw, j0, j1, ahead, p0, p1);
       break;
     default:
-      dot_tile_rows<a_rows>(ir, acc, a, lda, w, ldw, j0, j1, ahead);
+      dot_tile_rows<a_rows>(ir, acc, a, lda, w, ldw, j0, j1, ahead, p0, p1);
       break;
   }
 }
@@ -220,6 +226,11 @@ inline void columns(View<float> c,
     }
     for (std::int64_t j0 = 0; j0 < n; j0 += slice) {  // the slice of W stays in L1
       const std::int64_t j1 = std::min(n, j0 + slice);
+      // Each row group prefetches its share of the lines of the next rows' slice, so that the
+      // requests spread over the whole pass (issued in one burst, they queue behind each other
+      // and the memory latency shows: docs/benchmarks.md, "Expert products of short segments").
+      const std::int64_t share = ((j1 - j0 + 15) / 16 + row_groups - 1) / row_groups * 16;
+      const float* ahead = i + 2 * w_rows <= i1 ? w.row(i + w_rows) : nullptr;
       for (std::int64_t g = 0; g < row_groups; ++g) {
         const std::int64_t r = g * a_rows;
         dot_tile_any(static_cast<int>(std::min<std::int64_t>(a_rows, m - r)),
@@ -231,7 +242,9 @@ inline void columns(View<float> c,
                      w.stride,
                      j0,
                      j1,
-                     g == 0 && i + 2 * w_rows <= i1 ? w.row(i + w_rows) : nullptr);
+                     ahead,
+                     j0 + g * share,
+                     j0 + (g + 1) * share);
       }
     }
     for (std::int64_t r = 0; r < m; ++r) {
