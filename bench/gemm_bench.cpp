@@ -313,14 +313,14 @@ void register_all() {
       });
 #endif
     }
-    for (const std::int64_t rows : {8, 16, 17, 32, 48, 64, 96, 128}) {
+    for (const std::int64_t rows : {8, 16, 17, 32, 35, 40, 48, 64, 96, 128}) {
       for (const auto& [label, product] : {std::pair{"forward", Product::forward},
                                            std::pair{"input_grad", Product::input_grad},
                                            std::pair{"weight_grad", Product::weight_grad}}) {
         const std::string tail = std::string("/") + label + "/rows:" + std::to_string(rows) + th;
         // "_cold": the weights come from memory (4 sets in turn); only for the rows a
         // mixture-of-depths layer's inner experts see at S = 1024.
-        const bool cold_too = rows == 16 || rows == 17 || rows == 32;
+        const bool cold_too = rows == 16 || rows == 17 || rows == 32 || rows == 35 || rows == 40;
         for (const int copies : {1, 4}) {
           if (copies > 1 && !cold_too) {
             continue;

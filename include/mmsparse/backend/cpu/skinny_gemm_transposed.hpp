@@ -28,8 +28,9 @@
 namespace mmsparse::cpu {
 
 // Most rows of a segment the kernel takes; longer segments go to the GEMM provider, which is
-// faster from there on (docs/benchmarks.md, "Expert products of short segments").
-inline constexpr std::int64_t skinny_transposed_max_rows = 32;
+// faster from 40 rows on (docs/benchmarks.md, "Expert products of short segments"). 36 covers the
+// 32-35 rows per expert of a mixture-of-depths layer's inner experts at 256 kept tokens.
+inline constexpr std::int64_t skinny_transposed_max_rows = 36;
 
 namespace skinny_transposed_detail {
 
