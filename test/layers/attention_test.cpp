@@ -24,6 +24,19 @@ RefWeights ref_weights(const Attn::Weights& w) {
   return {w.wq, w.wk, w.wv, w.wo, w.q_norm, w.q_norm_bias, w.k_norm, w.k_norm_bias};
 }
 
+// The naive reference's output for one layer's weights, every token in tower 0.
+mm::Tensor<double> one_tower_reference(const Attn& layer,
+                                       const mm::Tensor<double>& x,
+                                       const auto& positions,
+                                       const auto& mask) {
+  return reference(layer.config(),
+                   x,
+                   positions,
+                   mask,
+                   {ref_weights(layer.weights())},
+                   std::vector<int>(static_cast<std::size_t>(x.rows()), 0));
+}
+
 // Random values in every weight (norm weights near 1), so no check passes by symmetry.
 void randomize(const Attn::Weights& w, std::uint64_t seed) {
   mm::Rng rng(seed);
@@ -138,12 +151,7 @@ TEST_CASE("Attention forward matches a naive double reference", "[layers][cpu]")
       const auto mask = mask_for(c.images);
       mm::Tensor<double> y(n, c.cfg.d);
       layer.forward(b, x.view(), span_of(pos), mask, y.view());
-      const auto ref = reference(layer.config(),
-                                 x,
-                                 pos,
-                                 mask,
-                                 {ref_weights(layer.weights())},
-                                 std::vector<int>(static_cast<std::size_t>(n), 0));
+      const auto ref = one_tower_reference(layer, x, pos, mask);
       REQUIRE(rel_error<double>(y.view(), ref.view()) < 1e-12);
 
       // The training forward computes the same output.
@@ -173,12 +181,7 @@ TEST_CASE("Attention with padded weight rows: the reference, and the contiguous 
   Attn::Saved saved;
   mm::Tensor<double> y(n, cfg.d);
   layer.forward(b, x.view(), span_of(pos), mask, y.view(), saved);
-  const auto ref = reference(layer.config(),
-                             x,
-                             pos,
-                             mask,
-                             {ref_weights(layer.weights())},
-                             std::vector<int>(static_cast<std::size_t>(n), 0));
+  const auto ref = one_tower_reference(layer, x, pos, mask);
   REQUIRE(rel_error<double>(y.view(), ref.view()) < 1e-12);
 
   // The same weights in contiguous memory (the layout the finite-difference tests check) give
