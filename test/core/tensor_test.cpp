@@ -1,3 +1,4 @@
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 
@@ -23,6 +24,24 @@ TEST_CASE("Tensor owns a 64-byte aligned row-major buffer", "[core][cpu]") {
   auto v = t.view();
   REQUIRE(v(1, 3) == 13.0f);
   REQUIRE(v.row(2)[0] == 20.0f);
+}
+
+TEST_CASE("Host buffers of 2 MB and more start on a huge page, smaller ones on 256 bytes",
+          "[core][cpu]") {
+  const auto address = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+  constexpr std::size_t huge = mm::huge_page_bytes;
+  REQUIRE(huge == std::size_t{2} << 20);
+  // Just under, at, and past the threshold (a size that is not a whole number of pages).
+  for (const std::int64_t rows : {std::int64_t{511}, std::int64_t{512}, std::int64_t{777}}) {
+    mm::Tensor<float> t(rows, 1024);  // rows * 4 KB
+    const bool big = t.bytes() >= huge;
+    CHECK(big == (rows >= 512));
+    CHECK(address(t.data()) % (big ? huge : mm::SpaceAllocator<mm::host_space>::alignment) == 0);
+    t.fill(1.0f);  // every byte is the tensor's to write, the tail past the last whole page too
+    CHECK(t(rows - 1, 1023) == 1.0f);
+  }
+  mm::Tensor<float> small(3, 5);
+  CHECK(address(small.data()) % 256 == 0);
 }
 
 TEST_CASE("Tensor moves, and copies only through clone", "[core][cpu]") {
