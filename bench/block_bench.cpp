@@ -141,7 +141,10 @@ class Step {
  public:
   Step(const typename L::Config& cfg, std::int64_t n, bool backward)
       : layer_(cfg), in_(input_of(n)), y_(n, d), dx_(n, d), g_(grads_of(layer_)), bw_(backward) {
-    (*this)();  // warm-up: the workspace reaches its steady size
+    // Warm-up: the workspace reaches its steady size, and an inference forward's second use of
+    // a weight block packs it for the skinny kernel (skinny_pack.hpp), which a model pays once.
+    (*this)();
+    (*this)();
   }
   void operator()() {
     Backend& b = backend();
