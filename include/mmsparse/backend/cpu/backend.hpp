@@ -94,8 +94,20 @@ class CpuBackend {
 
   // ---- matrix products ----------------------------------------------------
 
-  // C = alpha * op(A) op(B) + beta * C. At most skinny_max_rows rows of A (not transposed)
-  // times B (not transposed), f32 or bf16: the skinny kernel, which streams B once (decode).
+  // Most rows of A (not transposed) the skinny kernels take from this backend: up to
+  // skinny_lane_max_rows over f32 weights (the lane walk beats the provider there,
+  // docs/benchmarks.md), skinny_max_rows otherwise and where the provider's vectors are twice the
+  // kernel's width (AVX-512).
+  template <class U>
+  static constexpr std::int64_t skinny_rows =
+#if defined(__AVX512F__)
+      cpu::skinny_max_rows;
+#else
+      std::is_same_v<U, float> ? cpu::skinny_lane_max_rows : cpu::skinny_max_rows;
+#endif
+
+  // C = alpha * op(A) op(B) + beta * C. At most skinny_rows<U> rows of A (not transposed) times
+  // B (not transposed), f32 or bf16: the skinny kernel, which streams B once (decode).
   template <class U>
   void gemm(View<U> c,
             View<const U> a,
@@ -106,8 +118,8 @@ class CpuBackend {
             double beta = 0.0) {
     if constexpr (cpu::skinny_supported_v<U>) {
       // Mismatched shapes go on to the provider, whose message names its own arguments.
-      if (ta == Trans::no && tb == Trans::no && a.rows <= cpu::skinny_max_rows &&
-          b.rows == a.cols && c.rows == a.rows && c.cols == b.cols) {
+      if (ta == Trans::no && tb == Trans::no && a.rows <= skinny_rows<U> && b.rows == a.cols &&
+          c.rows == a.rows && c.cols == b.cols) {
         cpu::skinny_gemm(c, a, b, alpha, beta);
         return;
       }
@@ -119,9 +131,10 @@ class CpuBackend {
   // [offsets[e], offsets[e+1]) and W_e is block e of the stacked weight w [E * wr, wc].
   // With W not transposed (the forward), a segment of 1..skinny_max_rows rows goes to the skinny
   // kernel (bf16 widened in registers): over a panel copy of W_e once W_e has been used twice
-  // with the same weights (CpuOptions::pack_skinny_weights), otherwise over W_e itself; the
-  // other segments go to the provider (docs/design.md, "CPU GEMM provider"). Every skinny walk
-  // rounds alike, so the choice never changes a result.
+  // with the same weights (CpuOptions::pack_skinny_weights), otherwise over W_e itself; an f32
+  // segment of up to skinny_rows<float> rows to the lane walk over W_e; the other segments go to
+  // the provider (docs/design.md, "CPU GEMM provider"). Every skinny walk rounds alike, so the
+  // choice never changes a result.
   template <class U>
   void grouped_gemm(View<U> c,
                     View<const U> a,
@@ -131,7 +144,7 @@ class CpuBackend {
                     double alpha = 1.0,
                     double beta = 0.0) {
     if constexpr (cpu::skinny_supported_v<U>) {
-      if (tw == Trans::no && cpu::has_skinny_segment(offsets)) {
+      if (tw == Trans::no && has_short_segment(offsets, skinny_rows<U>)) {
         skinny_grouped_gemm(c, a, w, offsets, alpha, beta);
         return;
       }
@@ -484,6 +497,8 @@ class CpuBackend {
         } else {
           cpu::skinny_gemm(ce, ae, we, alpha, beta);
         }
+      } else if (count <= skinny_rows<U>) {
+        cpu::skinny_gemm(ce, ae, we, alpha, beta);  // f32: 16 rows in lanes, the rest beside
       } else {
         provider_segment(ce, ae, we, Trans::no, alpha, beta);
       }

@@ -1,11 +1,11 @@
 // mmsparse/backend/cpu/skinny_gemm.hpp
 //
 // Small-M GEMM for decode and short expert segments: C [M, N] = alpha A [M, K] W [K, N] + beta C
-// with M <= 16, streaming the weight W once from memory (f32, or bf16 widened in registers: half
-// the bytes). Three walks, which all sum each output in the same order (one FMA chain over k
-// from zero), so they round alike and the backend may pick any of them:
+// with M <= 16 (18 for f32 W row-major), streaming the weight W once from memory (f32, or bf16
+// widened in registers: half the bytes). Three walks, which all sum each output in the same order
+// (one FMA chain over k from zero), so they round alike and the backend may pick any of them:
 //  - f32 W row-major: the lane kernel, rows of A in vector lanes and each element of W broadcast
-//    once, reading W along its rows without a copy;
+//    once, reading W along its rows without a copy (a 17th and 18th row beside the lanes);
 //  - W packed once into 16-column panels (SkinnyPanels), which each thread reads as one
 //    contiguous run: the fastest for a few rows (decode);
 //  - bf16 W row-major: 16-column tiles copied out of W a few rows at a time.
@@ -35,6 +35,10 @@ namespace mmsparse::cpu {
 
 // Largest M the skinny path takes (decode, and the few rows per expert of a short segment).
 inline constexpr std::int64_t skinny_max_rows = 16;
+// Largest M the lane walk of an f32 row-major W takes: 16 rows in lanes and one or two more
+// beside them (the 16-17 rows per expert of a MoD layer's experts: docs/benchmarks.md,
+// "Expert products of short segments").
+inline constexpr std::int64_t skinny_lane_max_rows = 18;
 
 // Activations (A, C) and weights (W) the skinny path multiplies; double goes to the providers.
 template <class T>
@@ -231,9 +235,9 @@ inline RowChunk row_chunk(std::int64_t m, std::int64_t chunks, std::int64_t c) {
 }
 
 // Row-major W: acc [M, nc] (row stride acc_stride) = A W[:, nb:nb+nc) for each column block of
-// one thread's columns [n_begin, n_end); `done(nb, nb + nc, acc, acc_stride)` then folds the
-// block into C. Within a block, W is walked KC rows at a time, 16 columns per tile: KC short runs
-// that each read their row front to back, few enough for the hardware to stream alongside the
+// one thread's columns [n_begin, n_end); `done(0, M, nb, nb + nc, acc, acc_stride, 1)` then folds
+// the block into C. Within a block, W is walked KC rows at a time, 16 columns per tile: KC short
+// runs that each read their row front to back, few enough for the hardware to stream alongside the
 // software prefetch.
 template <class TW, class Done>
 void row_major_columns(std::int64_t m,
@@ -268,7 +272,7 @@ void row_major_columns(std::int64_t m,
         }
       }
     }
-    done(nb, nb + nc, acc, acc_stride, std::int64_t{1});
+    done(0, m, nb, nb + nc, acc, acc_stride, std::int64_t{1});
   }
 }
 
@@ -396,11 +400,160 @@ void lane_columns(std::int64_t m,
                                kc);
     }
   }
-  done(n_begin, n_end, acc, std::int64_t{1}, mp);  // row i of column j at acc[j mp + i]
+  done(0, m, n_begin, n_end, acc, std::int64_t{1}, mp);  // row i of column j at acc[j mp + i]
 }
 
-// The lane tile for M rows: 12 accumulators, plus MV vectors of A and one broadcast of W. (Three
-// vectors, 4 columns, for 17-24 rows ran at 0.9-1.0x oneDNN: those rows go to the provider.)
+// out [R, 48] (row stride ldo) (+)= A [R, kc] W [kc, 48] for R = 1 or 2 rows: 6 R accumulators
+// whose FMA chains interleave (a 16-column tile of one row would wait on its two).
+template <int R>
+void wide_rows_kernel(float* out,
+                      std::int64_t ldo,
+                      bool accumulate,
+                      const float* a,
+                      std::int64_t lda,
+                      const float* w,
+                      std::int64_t ldw,
+                      std::int64_t kc) {
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 c[R][6];
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 6
+    for (int v = 0; v < 6; ++v) {
+      c[r][v] = accumulate ? _mm256_loadu_ps(out + r * ldo + 8 * v) : _mm256_setzero_ps();
+    }
+  }
+  for (std::int64_t k = 0; k < kc; ++k) {
+    __m256 wv[6];
+#pragma GCC unroll 6
+    for (int v = 0; v < 6; ++v) {
+      wv[v] = _mm256_loadu_ps(w + k * ldw + 8 * v);
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
+      const __m256 x = _mm256_broadcast_ss(a + r * lda + k);
+#pragma GCC unroll 6
+      for (int v = 0; v < 6; ++v) {
+        c[r][v] = _mm256_fmadd_ps(x, wv[v], c[r][v]);
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 6
+    for (int v = 0; v < 6; ++v) {
+      _mm256_storeu_ps(out + r * ldo + 8 * v, c[r][v]);
+    }
+  }
+#else
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < 48; ++j) {
+      float sum = accumulate ? out[r * ldo + j] : 0.0f;
+      for (std::int64_t k = 0; k < kc; ++k) {
+        sum += a[r * lda + k] * w[k * ldw + j];
+      }
+      out[r * ldo + j] = sum;
+    }
+  }
+#endif
+}
+inline void wide_rows_kernel(int rows,
+                             float* out,
+                             std::int64_t ldo,
+                             bool accumulate,
+                             const float* a,
+                             std::int64_t lda,
+                             const float* w,
+                             std::int64_t ldw,
+                             std::int64_t kc) {
+  if (rows == 1) {
+    wide_rows_kernel<1>(out, ldo, accumulate, a, lda, w, ldw, kc);
+  } else {
+    wide_rows_kernel<2>(out, ldo, accumulate, a, lda, w, ldw, kc);
+  }
+}
+
+// 17 or 18 rows: the first 16 through the lane kernel (two vectors, 6 columns) and the last one or
+// two through wide_rows_kernel, which takes each [KC, 48] span of W from L1 right after the lane
+// kernel brought it from memory; a thread's last span, when narrower, through the row-major
+// micro-kernel. (Rows past 18, in 16-row groups and a micro-kernel rest, ran at 0.95-1.3x oneDNN,
+// and three vectors of lanes for 17-24 rows at 0.9-1.0x: those go to the provider.)
+template <class Done>
+void lane_columns_and_rest(std::int64_t m,
+                           std::int64_t k,
+                           const float* a,
+                           std::int64_t lda,
+                           View<const float> w,
+                           std::int64_t n_begin,
+                           std::int64_t n_end,
+                           Done&& done) {
+  constexpr std::int64_t mp = 16;
+  constexpr int nc = 6;
+  constexpr std::int64_t span = 48;  // 8 lane tiles, 3 micro-kernel tiles
+  const std::int64_t rest = m - mp;  // 1 or 2
+  const std::int64_t cols = n_end - n_begin;
+  const std::int64_t rest_stride = (cols + tile_cols - 1) / tile_cols * tile_cols;
+  float* at = thread_buffer<float>(0, k * mp + lane_block_k * tile_cols);
+  float* edge = at + k * mp;  // [KC, 16]: the last tile of W when n is not whole tiles
+  for (std::int64_t i = 0; i < mp; ++i) {
+    for (std::int64_t kk = 0; kk < k; ++kk) {
+      at[kk * mp + i] = a[i * lda + kk];
+    }
+  }
+  float* acc = thread_buffer<float>(1, cols * mp + rest * rest_stride);
+  float* rest_acc = acc + cols * mp;  // [rest, cols], row-major
+  const float* ar = a + mp * lda;     // the rest's rows of A
+  for (std::int64_t kb = 0; kb < k; kb += lane_block_k) {
+    const std::int64_t kc = std::min(lane_block_k, k - kb);
+    const float* wk = w.data + kb * w.stride;
+    for (std::int64_t j0 = n_begin; j0 < n_end; j0 += span) {
+      const std::int64_t j1 = std::min(n_end, j0 + span);
+      for (std::int64_t j = j0; j < j1; j += nc) {
+        lane_kernel_cols<2, nc>(static_cast<int>(std::min<std::int64_t>(nc, j1 - j)),
+                                acc + (j - n_begin) * mp,
+                                kb > 0,
+                                at + kb * mp,
+                                wk + j,
+                                w.stride,
+                                kc);
+      }
+      if (j1 - j0 == span) {
+        wide_rows_kernel(static_cast<int>(rest),
+                         rest_acc + (j0 - n_begin),
+                         rest_stride,
+                         kb > 0,
+                         ar + kb,
+                         lda,
+                         wk + j0,
+                         w.stride,
+                         kc);
+        continue;
+      }
+      for (std::int64_t j = j0; j < j1; j += tile_cols) {
+        const float* tile = wk + j;
+        std::int64_t ldw = w.stride;
+        if (j1 - j < tile_cols) {  // n's last tile: the kernel reads 16 columns
+          copy_panel(edge, tile, w.stride, kc, j1 - j);
+          tile = edge;
+          ldw = tile_cols;
+        }
+        micro_kernel_rows<0>(static_cast<int>(rest),
+                             rest_acc + (j - n_begin),
+                             rest_stride,
+                             kb > 0,
+                             ar + kb,
+                             lda,
+                             tile,
+                             ldw,
+                             kc);
+      }
+    }
+  }
+  done(0, mp, n_begin, n_end, acc, std::int64_t{1}, mp);  // row i of column j at acc[j mp + i]
+  done(mp, m, n_begin, n_end, rest_acc, rest_stride, std::int64_t{1});
+}
+
+// The lane tile for M rows: 12 accumulators, plus MV vectors of A and one broadcast of W.
 template <class Done>
 void lane_columns(std::int64_t m,
                   std::int64_t k,
@@ -412,8 +565,10 @@ void lane_columns(std::int64_t m,
                   Done&& done) {
   if (m <= 8) {
     lane_columns<1, 12>(m, k, a, lda, w, n_begin, n_end, done);
-  } else {
+  } else if (m <= 16) {
     lane_columns<2, 6>(m, k, a, lda, w, n_begin, n_end, done);
+  } else {
+    lane_columns_and_rest(m, k, a, lda, w, n_begin, n_end, done);
   }
 }
 
@@ -515,14 +670,15 @@ void panel_columns(std::int64_t m,
                kc);
       }
     }
-    done(n0, std::min(n_end, n0 + tile_cols), acc, std::int64_t{tile_cols}, std::int64_t{1});
+    done(0, m, n0, std::min(n_end, n0 + tile_cols), acc, std::int64_t{tile_cols}, std::int64_t{1});
   }
 }
 
 // What the walks share: checks of A and C, bf16 A widened once, 16-column tiles split over the
 // threads, and the fold of float accumulators into C. `columns(a, lda, n_begin, n_end, done)`
-// multiplies one thread's columns and calls done(j0, j1, acc, row_stride, col_stride) per block:
-// the sum of row i and column j (j0 <= j < j1) is acc[i row_stride + (j - j0) col_stride].
+// multiplies one thread's columns and calls done(i0, i1, j0, j1, acc, row_stride, col_stride) per
+// block: the sum of row i and column j (i0 <= i < i1, j0 <= j < j1) is
+// acc[(i - i0) row_stride + (j - j0) col_stride]. A walk takes at most max_rows rows.
 template <class T, class Columns>
 void drive(const char* op,
            View<T> c,
@@ -530,12 +686,10 @@ void drive(const char* op,
            std::int64_t w_cols,
            double alpha,
            double beta,
+           std::int64_t max_rows,
            Columns&& columns) {
-  MMSPARSE_CHECK(a.rows <= skinny_max_rows,
-                 op,
-                 "a",
-                 "at most " + std::to_string(skinny_max_rows) + " rows",
-                 a.shape());
+  MMSPARSE_CHECK(
+      a.rows <= max_rows, op, "a", "at most " + std::to_string(max_rows) + " rows", a.shape());
   MMSPARSE_CHECK(c.rows == a.rows && c.cols == w_cols, op, "c", (Shape{a.rows, w_cols}), c.shape());
   MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
   MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
@@ -548,14 +702,16 @@ void drive(const char* op,
   const auto fa = static_cast<float>(alpha);
   const auto fb = static_cast<float>(beta);
   // C[:, j0:j1) = fa * acc + fb * C; beta = 0 never reads C (it may hold NaN).
-  auto done = [&](std::int64_t j0,
+  auto done = [&](std::int64_t i0,
+                  std::int64_t i1,
+                  std::int64_t j0,
                   std::int64_t j1,
                   const float* acc,
                   std::int64_t row_stride,
                   std::int64_t col_stride) {
-    for (std::int64_t i = 0; i < m; ++i) {
+    for (std::int64_t i = i0; i < i1; ++i) {
       T* row = c.row(i);
-      const float* acc_row = acc + i * row_stride;
+      const float* acc_row = acc + (i - i0) * row_stride;
       for (std::int64_t j = j0; j < j1; ++j) {
         const float v = fa * acc_row[(j - j0) * col_stride];
         row[j] = scalar_cast<T>(beta == 0.0 ? v : v + fb * scalar_cast<float>(row[j]));
@@ -565,7 +721,7 @@ void drive(const char* op,
   if (k == 0) {
     const float zero[tile_cols] = {};
     for (std::int64_t j = 0; j < n; j += tile_cols) {
-      done(j, std::min(n, j + tile_cols), zero, 0, 0);
+      done(0, m, j, std::min(n, j + tile_cols), zero, 0, 0);
     }
     return;
   }
@@ -622,14 +778,23 @@ void skinny_gemm(View<T> c, View<const T> a, View<const TW> w, double alpha, dou
   constexpr const char* op = "skinny_gemm";
   MMSPARSE_CHECK(w.rows == a.cols, op, "w", "rows = a.cols = " + std::to_string(a.cols), w.shape());
   MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
-  skinny_detail::drive(
-      op, c, a, w.cols, alpha, beta, [&](auto ap, auto lda, auto n0, auto n1, auto& done) {
-        if constexpr (std::is_same_v<TW, float>) {
-          skinny_detail::lane_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
-        } else {
-          skinny_detail::row_major_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
-        }
-      });
+  constexpr std::int64_t max_rows =
+      std::is_same_v<TW, float> ? skinny_lane_max_rows : skinny_max_rows;
+  skinny_detail::drive(op,
+                       c,
+                       a,
+                       w.cols,
+                       alpha,
+                       beta,
+                       max_rows,
+                       [&](auto ap, auto lda, auto n0, auto n1, auto& done) {
+                         if constexpr (std::is_same_v<TW, float>) {
+                           skinny_detail::lane_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
+                         } else {
+                           skinny_detail::row_major_columns(
+                               c.rows, a.cols, ap, lda, w, n0, n1, done);
+                         }
+                       });
 }
 
 // The same with W packed into panels (pack_skinny_panels): each thread streams its panels as one
@@ -640,15 +805,16 @@ void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double al
                 "skinny_gemm multiplies float or bf16; double goes to the GEMM provider");
   constexpr const char* op = "skinny_gemm";
   MMSPARSE_CHECK(w.k == a.cols, op, "w", "rows = a.cols = " + std::to_string(a.cols), w.k);
-  skinny_detail::drive(
-      op, c, a, w.n, alpha, beta, [&](auto ap, auto lda, auto n0, auto n1, auto& done) {
-        skinny_detail::panel_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
-      });
-}
-
-// Whether a grouped GEMM has a segment the skinny kernel takes (1..skinny_max_rows rows).
-[[nodiscard]] inline bool has_skinny_segment(std::span<const std::int64_t> offsets) {
-  return has_short_segment(offsets, skinny_max_rows);
+  skinny_detail::drive(op,
+                       c,
+                       a,
+                       w.n,
+                       alpha,
+                       beta,
+                       skinny_max_rows,
+                       [&](auto ap, auto lda, auto n0, auto n1, auto& done) {
+                         skinny_detail::panel_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
+                       });
 }
 
 // Validates C_e = A_e W_e over the segments `offsets` (E + 1 non-decreasing row offsets into a
