@@ -73,10 +73,11 @@ inline void load_tile_row(const bf16* w, __m256& lo, __m256& hi) {
       _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(bits, 1)), 16));
 }
 
-// out [MR, 16] (row stride ldo) = A [MR, kc] W [kc, 16], or += where `accumulate`. A non-zero
-// Prefetch asks for the line |Prefetch| bytes past each row of W: into L1 where positive (the
-// panel streamed from memory), into L2 where negative (the next slice, while this one is reused).
-template <int MR, int Prefetch, class TW>
+// out [MR, 8 NV] (row stride ldo) = A [MR, kc] W [kc, 8 NV], or += where `accumulate`: 2 NV MR
+// <= 12 accumulators, NV even (a 16-column tile is NV = 2). A non-zero Prefetch asks for the line
+// |Prefetch| bytes past each row of W: into L1 where positive (the panel streamed from memory),
+// into L2 where negative (the next slice, while this one is reused).
+template <int MR, int Prefetch, class TW, int NV = 2>
 void micro_kernel(float* out,
                   std::int64_t ldo,
                   bool accumulate,
@@ -85,20 +86,15 @@ void micro_kernel(float* out,
                   const TW* w,
                   std::int64_t ldw,
                   std::int64_t kc) {
+  static_assert(NV % 2 == 0 && MR * NV <= 12, "accumulators and W's vectors fit 16 registers");
   // Every loop over MR is unrolled, so that the accumulators live in registers: a loop left
   // rolled makes g++ keep the arrays on the stack and store them at every k.
-  __m256 lo[MR];
-  __m256 hi[MR];
+  __m256 c[MR][NV];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
-    lo[m] = _mm256_setzero_ps();
-    hi[m] = _mm256_setzero_ps();
-  }
-  if (accumulate) {
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) {
-      lo[m] = _mm256_loadu_ps(out + m * ldo);
-      hi[m] = _mm256_loadu_ps(out + m * ldo + 8);
+#pragma GCC unroll 6
+    for (int v = 0; v < NV; ++v) {
+      c[m][v] = accumulate ? _mm256_loadu_ps(out + m * ldo + 8 * v) : _mm256_setzero_ps();
     }
   }
   for (std::int64_t k = 0; k < kc; ++k) {
@@ -107,26 +103,32 @@ void micro_kernel(float* out,
     } else if constexpr (Prefetch < 0) {
       _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) - Prefetch, _MM_HINT_T1);
     }
-    __m256 w0;
-    __m256 w1;
-    load_tile_row(w + k * ldw, w0, w1);
+    __m256 wk[NV];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; v += 2) {
+      load_tile_row(w + k * ldw + 8 * v, wk[v], wk[v + 1]);
+    }
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
       const __m256 x = _mm256_broadcast_ss(a + m * lda + k);
-      lo[m] = _mm256_fmadd_ps(x, w0, lo[m]);
-      hi[m] = _mm256_fmadd_ps(x, w1, hi[m]);
+#pragma GCC unroll 6
+      for (int v = 0; v < NV; ++v) {
+        c[m][v] = _mm256_fmadd_ps(x, wk[v], c[m][v]);
+      }
     }
   }
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
-    _mm256_storeu_ps(out + m * ldo, lo[m]);
-    _mm256_storeu_ps(out + m * ldo + 8, hi[m]);
+#pragma GCC unroll 6
+    for (int v = 0; v < NV; ++v) {
+      _mm256_storeu_ps(out + m * ldo + 8 * v, c[m][v]);
+    }
   }
 }
 #else
 // The same sums in the same order as the AVX2 kernel (each continues from `out`), so the
 // row-major and panel layouts round alike here too.
-template <int MR, int Prefetch, class TW>
+template <int MR, int Prefetch, class TW, int NV = 2>
 void micro_kernel(float* out,
                   std::int64_t ldo,
                   bool accumulate,
@@ -135,34 +137,36 @@ void micro_kernel(float* out,
                   const TW* w,
                   std::int64_t ldw,
                   std::int64_t kc) {
-  float acc[MR][tile_cols];
+  constexpr int width = 8 * NV;
+  float acc[MR][width];
   for (int m = 0; m < MR; ++m) {
-    for (int j = 0; j < tile_cols; ++j) {
+    for (int j = 0; j < width; ++j) {
       acc[m][j] = accumulate ? out[m * ldo + j] : 0.0f;
     }
   }
   for (std::int64_t k = 0; k < kc; ++k) {
-    float wk[tile_cols];
-    for (int j = 0; j < tile_cols; ++j) {
+    float wk[width];
+    for (int j = 0; j < width; ++j) {
       wk[j] = scalar_cast<float>(w[k * ldw + j]);
     }
     for (int m = 0; m < MR; ++m) {
       const float x = a[m * lda + k];
-      for (int j = 0; j < tile_cols; ++j) {
+      for (int j = 0; j < width; ++j) {
         acc[m][j] += x * wk[j];
       }
     }
   }
   for (int m = 0; m < MR; ++m) {
-    for (int j = 0; j < tile_cols; ++j) {
+    for (int j = 0; j < width; ++j) {
       out[m * ldo + j] = acc[m][j];
     }
   }
 }
 #endif
 
-// The micro-kernel for a runtime row count 1..tile_rows.
-template <int Prefetch, class TW>
+// The micro-kernel for a runtime row count 1..MR (MR = tile_rows for 16-column tiles, 2 for
+// 48-column ones).
+template <int Prefetch, class TW, int NV = 2, int MR = 12 / NV>
 void micro_kernel_rows(int mr,
                        float* out,
                        std::int64_t ldo,
@@ -172,26 +176,13 @@ void micro_kernel_rows(int mr,
                        const TW* w,
                        std::int64_t ldw,
                        std::int64_t kc) {
-  switch (mr) {
-    case 1:
-      micro_kernel<1, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
-      break;
-    case 2:
-      micro_kernel<2, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
-      break;
-    case 3:
-      micro_kernel<3, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
-      break;
-    case 4:
-      micro_kernel<4, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
-      break;
-    case 5:
-      micro_kernel<5, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
-      break;
-    default:
-      micro_kernel<tile_rows, Prefetch>(out, ldo, accumulate, a, lda, w, ldw, kc);
-      break;
+  if constexpr (MR > 1) {
+    if (mr < MR) {
+      micro_kernel_rows<Prefetch, TW, NV, MR - 1>(mr, out, ldo, accumulate, a, lda, w, ldw, kc);
+      return;
+    }
   }
+  micro_kernel<MR, Prefetch, TW, NV>(out, ldo, accumulate, a, lda, w, ldw, kc);
 }
 
 // Scratch of the calling thread that only grows: a steady-state call allocates nothing.
@@ -366,6 +357,20 @@ void lane_kernel_cols(int nc,
   lane_kernel<MV, NC>(acc, accumulate, at, w, ldw, kc);
 }
 
+// at [k][lanes] = A^T for the m <= lanes rows of A [m, k], zero in the lanes past m.
+inline void transpose_to_lanes(float* at,
+                               std::int64_t lanes,
+                               const float* a,
+                               std::int64_t lda,
+                               std::int64_t m,
+                               std::int64_t k) {
+  for (std::int64_t i = 0; i < lanes; ++i) {
+    for (std::int64_t kk = 0; kk < k; ++kk) {
+      at[kk * lanes + i] = i < m ? a[i * lda + kk] : 0.0f;
+    }
+  }
+}
+
 // Row-major f32 W through the lane kernel: A^T packed once per thread ([K][8 MV], zero past M),
 // then K in lane_block_k slices, each walking the thread's columns [n_begin, n_end) NC at a time
 // (lane_block_k short runs along the rows of W, which the hardware streams), the accumulators
@@ -381,11 +386,7 @@ void lane_columns(std::int64_t m,
                   Done&& done) {
   constexpr std::int64_t mp = 8 * MV;
   float* at = thread_buffer<float>(0, k * mp);
-  for (std::int64_t i = 0; i < mp; ++i) {
-    for (std::int64_t kk = 0; kk < k; ++kk) {
-      at[kk * mp + i] = i < m ? a[i * lda + kk] : 0.0f;
-    }
-  }
+  transpose_to_lanes(at, mp, a, lda, m, k);
   float* acc = thread_buffer<float>(1, (n_end - n_begin) * mp);
   for (std::int64_t kb = 0; kb < k; kb += lane_block_k) {
     const std::int64_t kc = std::min(lane_block_k, k - kb);
@@ -403,81 +404,12 @@ void lane_columns(std::int64_t m,
   done(0, m, n_begin, n_end, acc, std::int64_t{1}, mp);  // row i of column j at acc[j mp + i]
 }
 
-// out [R, 48] (row stride ldo) (+)= A [R, kc] W [kc, 48] for R = 1 or 2 rows: 6 R accumulators
-// whose FMA chains interleave (a 16-column tile of one row would wait on its two).
-template <int R>
-void wide_rows_kernel(float* out,
-                      std::int64_t ldo,
-                      bool accumulate,
-                      const float* a,
-                      std::int64_t lda,
-                      const float* w,
-                      std::int64_t ldw,
-                      std::int64_t kc) {
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 c[R][6];
-#pragma GCC unroll 2
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 6
-    for (int v = 0; v < 6; ++v) {
-      c[r][v] = accumulate ? _mm256_loadu_ps(out + r * ldo + 8 * v) : _mm256_setzero_ps();
-    }
-  }
-  for (std::int64_t k = 0; k < kc; ++k) {
-    __m256 wv[6];
-#pragma GCC unroll 6
-    for (int v = 0; v < 6; ++v) {
-      wv[v] = _mm256_loadu_ps(w + k * ldw + 8 * v);
-    }
-#pragma GCC unroll 2
-    for (int r = 0; r < R; ++r) {
-      const __m256 x = _mm256_broadcast_ss(a + r * lda + k);
-#pragma GCC unroll 6
-      for (int v = 0; v < 6; ++v) {
-        c[r][v] = _mm256_fmadd_ps(x, wv[v], c[r][v]);
-      }
-    }
-  }
-#pragma GCC unroll 2
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 6
-    for (int v = 0; v < 6; ++v) {
-      _mm256_storeu_ps(out + r * ldo + 8 * v, c[r][v]);
-    }
-  }
-#else
-  for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < 48; ++j) {
-      float sum = accumulate ? out[r * ldo + j] : 0.0f;
-      for (std::int64_t k = 0; k < kc; ++k) {
-        sum += a[r * lda + k] * w[k * ldw + j];
-      }
-      out[r * ldo + j] = sum;
-    }
-  }
-#endif
-}
-inline void wide_rows_kernel(int rows,
-                             float* out,
-                             std::int64_t ldo,
-                             bool accumulate,
-                             const float* a,
-                             std::int64_t lda,
-                             const float* w,
-                             std::int64_t ldw,
-                             std::int64_t kc) {
-  if (rows == 1) {
-    wide_rows_kernel<1>(out, ldo, accumulate, a, lda, w, ldw, kc);
-  } else {
-    wide_rows_kernel<2>(out, ldo, accumulate, a, lda, w, ldw, kc);
-  }
-}
-
 // 17 or 18 rows: the first 16 through the lane kernel (two vectors, 6 columns) and the last one or
-// two through wide_rows_kernel, which takes each [KC, 48] span of W from L1 right after the lane
-// kernel brought it from memory; a thread's last span, when narrower, through the row-major
-// micro-kernel. (Rows past 18, in 16-row groups and a micro-kernel rest, ran at 0.95-1.3x oneDNN,
-// and three vectors of lanes for 17-24 rows at 0.9-1.0x: those go to the provider.)
+// two through the row-major micro-kernel 48 columns wide, so that its 6 FMA chains per row
+// interleave (a 16-column tile of one row waits on its two), on each [KC, 48] span of W from L1
+// right after the lane kernel brought it from memory; a thread's last span, when narrower, 16
+// columns at a time. (Rows past 18, in 16-row groups and a micro-kernel rest, ran at 0.95-1.3x
+// oneDNN, and three vectors of lanes for 17-24 rows at 0.9-1.0x: those go to the provider.)
 template <class Done>
 void lane_columns_and_rest(std::int64_t m,
                            std::int64_t k,
@@ -495,11 +427,7 @@ void lane_columns_and_rest(std::int64_t m,
   const std::int64_t rest_stride = (cols + tile_cols - 1) / tile_cols * tile_cols;
   float* at = thread_buffer<float>(0, k * mp + lane_block_k * tile_cols);
   float* edge = at + k * mp;  // [KC, 16]: the last tile of W when n is not whole tiles
-  for (std::int64_t i = 0; i < mp; ++i) {
-    for (std::int64_t kk = 0; kk < k; ++kk) {
-      at[kk * mp + i] = a[i * lda + kk];
-    }
-  }
+  transpose_to_lanes(at, mp, a, lda, mp, k);
   float* acc = thread_buffer<float>(1, cols * mp + rest * rest_stride);
   float* rest_acc = acc + cols * mp;  // [rest, cols], row-major
   const float* ar = a + mp * lda;     // the rest's rows of A
@@ -518,15 +446,15 @@ void lane_columns_and_rest(std::int64_t m,
                                 kc);
       }
       if (j1 - j0 == span) {
-        wide_rows_kernel(static_cast<int>(rest),
-                         rest_acc + (j0 - n_begin),
-                         rest_stride,
-                         kb > 0,
-                         ar + kb,
-                         lda,
-                         wk + j0,
-                         w.stride,
-                         kc);
+        micro_kernel_rows<0, float, 6>(static_cast<int>(rest),
+                                       rest_acc + (j0 - n_begin),
+                                       rest_stride,
+                                       kb > 0,
+                                       ar + kb,
+                                       lda,
+                                       wk + j0,
+                                       w.stride,
+                                       kc);
         continue;
       }
       for (std::int64_t j = j0; j < j1; j += tile_cols) {
