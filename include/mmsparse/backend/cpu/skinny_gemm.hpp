@@ -408,7 +408,7 @@ void lane_columns(std::int64_t m,
 // two through the row-major micro-kernel 48 columns wide, so that its 6 FMA chains per row
 // interleave (a 16-column tile of one row waits on its two), on each [KC, 48] span of W from L1
 // right after the lane kernel brought it from memory; a thread's last span, when narrower, 16
-// columns at a time. (Rows past 18, in 16-row groups and a micro-kernel rest, ran at 0.95-1.3x
+// columns at a time. (Rows past 18, in 16-row groups and a micro-kernel rest, ran at 0.93-1.33x
 // oneDNN, and three vectors of lanes for 17-24 rows at 0.9-1.0x: those go to the provider.)
 template <class Done>
 void lane_columns_and_rest(std::int64_t m,
