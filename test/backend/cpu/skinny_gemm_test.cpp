@@ -186,7 +186,7 @@ TEST_CASE("skinny_gemm bf16 activations and weights: one bf16 rounding of the ou
 TEST_CASE("skinny_gemm past one column block, on one and several threads", "[backend][cpu]") {
   // (5, 67, 2100): large enough for the parallel region, a 4-column edge tile; (1, 31, 4500):
   // one thread over three 2048-column blocks; (16, 600, 2100): three row chunks and, in panels,
-  // three K slices (the last partial).
+  // ten 64-row K slices (the last partial).
   struct Case {
     std::int64_t m, k, n;
   };
