@@ -79,8 +79,9 @@ struct Problem {
   }
 };
 
-// Segments 0, 1, 2, 4, 7, 16, 29, skinny_transposed_max_rows and one row more, after a row of
-// no segment; C NaN-filled for beta = 0.
+// Segments 0, 1, 2, 4, 7 (dot tiles), 15-18, 31, 33, 34 (lane groups, the last one full but
+// for a row, and one or two rows beside them), 29, skinny_transposed_max_rows and one row more,
+// after a row of no segment; C NaN-filled for beta = 0.
 Problem make_problem(std::int64_t k, std::int64_t n, bool nan_c, std::uint64_t seed) {
   const std::int64_t max = mm::cpu::skinny_transposed_max_rows;
   Problem p;
@@ -90,8 +91,14 @@ Problem make_problem(std::int64_t k, std::int64_t n, bool nan_c, std::uint64_t s
                                    std::int64_t{2},
                                    std::int64_t{4},
                                    std::int64_t{7},
+                                   std::int64_t{15},
                                    std::int64_t{16},
+                                   std::int64_t{17},
+                                   std::int64_t{18},
                                    std::int64_t{29},
+                                   std::int64_t{31},
+                                   std::int64_t{33},
+                                   std::int64_t{34},
                                    max,
                                    max + 1}) {
     p.offsets.push_back(p.offsets.back() + count);
@@ -147,10 +154,11 @@ void check_kernel(std::int64_t k, std::int64_t n, double alpha, double beta, std
 TEST_CASE("skinny_grouped_gemm_transposed matches a double loop: lengths, edges, alpha/beta",
           "[backend][cpu]") {
   std::uint64_t seed = 1300;
-  // K = 37: 3-row tiles and a 1-row one; N = 1100: two full slices and a partial one whose
-  // last vector is masked; N = 5: the mask alone.
+  // K = 37: 3-row dot tiles and a 1-row one, 6-row lane tiles and a 1-row one; K = 23: a 5-row
+  // lane tile; N = 1100: two full slices and a partial one whose last vector is masked; N = 5:
+  // the mask alone.
   for (const auto& [k, n] :
-       {std::pair<std::int64_t, std::int64_t>{37, 1100}, {2, 5}, {16, 8}, {50, 300}}) {
+       {std::pair<std::int64_t, std::int64_t>{37, 1100}, {2, 5}, {16, 8}, {50, 300}, {23, 41}}) {
     for (const auto& [alpha, beta] :
          {std::pair{1.0, 0.0}, std::pair{0.5, 1.0}, std::pair{-0.75, 2.0}}) {
       check_kernel(k, n, alpha, beta, seed += 10);
@@ -232,7 +240,7 @@ TEST_CASE("skinny_grouped_gemm_transposed rejects bad shapes, naming the argumen
   REQUIRE_THROWS_WITH(
       skinny_grouped_gemm_transposed(c, a, w.row_block(0, w.rows - 1), p.offsets, 1, 0),
       Catch::Contains("[skinny_grouped_gemm_transposed] w:") &&
-          Catch::Contains("divisible by the 9 experts"));
+          Catch::Contains("divisible by the " + std::to_string(p.experts()) + " experts"));
   REQUIRE_THROWS_WITH(skinny_grouped_gemm_transposed(c, a.col_block(0, 9), w, p.offsets, 1, 0),
                       Catch::Contains("[skinny_grouped_gemm_transposed] a:"));
   REQUIRE_THROWS_WITH(skinny_grouped_gemm_transposed(c.col_block(0, 7), a, w, p.offsets, 1, 0),

@@ -2,17 +2,20 @@
 //
 // Few rows times a transposed weight: C_e [m, K] = alpha A_e [m, N] W_e^T + beta C_e, W_e [K, N]
 // row-major, m small: the input gradient of an expert that took a few tokens (expert choice over
-// a small batch, e.g. the tokens a mixture-of-depths layer keeps: MoMa §2.3-2.4). Each output is a
-// dot product of a row of A with a row of W, both contiguous, so W streams from memory once in
-// its own order: a 512-column slice of 4 rows of W stays in L1 while every row of A passes it in
-// 3-row groups (12 accumulators); the partial sums carry over from slice to slice.
-// AVX2/FMA kernel (portable loop elsewhere); OpenMP over the rows of W.
+// a small batch, e.g. the tokens a mixture-of-depths layer keeps: MoMa §2.3-2.4). Each output is
+// a dot product of a row of A with a row of W, both contiguous, so W streams from memory once in
+// its own order. Two walks: dot tiles (a 512-column slice of 4 rows of W stays in L1 while every
+// row of A passes it in 3-row groups, 12 vectors of partial sums added across their lanes at the
+// end) and, for 15-18 and 31-34 rows, lanes (16 rows of A in the lanes of two vectors, each
+// element of 6 rows of W broadcast once: one FMA chain per output, nothing added across lanes).
+// AVX2/FMA kernels (portable loops elsewhere); OpenMP over the rows of W.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -76,7 +79,7 @@ void dot_tile(__m256* acc,
       x[r] = _mm256_loadu_ps(a + r * lda + j);
       asm("" : "+x"(x[r]));
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < IR; ++i) {
       __m256 y = _mm256_loadu_ps(w + i * ldw + j);
       asm("" : "+x"(y));
@@ -97,7 +100,7 @@ void dot_tile(__m256* acc,
     for (int r = 0; r < RR; ++r) {
       x[r] = _mm256_maskload_ps(a + r * lda + j, mask);
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < IR; ++i) {
       const __m256 y = _mm256_maskload_ps(w + i * ldw + j, mask);
 #pragma GCC unroll 3
@@ -207,6 +210,108 @@ inline void dot_tile_any(int rr,
   }
 }
 
+// ---- the lane walk: 16 rows of A in the lanes of two vectors --------------------------------
+
+inline constexpr int lane_rows = 16;   // rows of A per lane group: two 8-float vectors
+inline constexpr int lane_w_rows = 6;  // rows of W per lane tile: 12 accumulators
+
+// Whether a segment of m rows takes the lane walk: groups of 16 rows, the last one full but for
+// at most one row, then at most two rows beside them (15-18 and 31-34 rows). Elsewhere the empty
+// lanes, or the dot tiles of the rows beside them, cost more than the lanes save (docs/design.md,
+// "Short segments in training").
+constexpr bool lanes_pay(std::int64_t m) {
+  return m >= 15 && (m % 16 <= 2 || m % 16 == 15);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// out [NC][16] (+)= A [16, n] W[0:NC, 0:n)^T, the rows of A in the lanes of two vectors (at is
+// A^T, [n][16]): per k, element k of each of the NC rows of W is broadcast once and meets all 16
+// rows. Each output is one FMA chain over k, so nothing is added up across lanes. With `ahead`
+// (not null), the lines of ahead[j * ldw + 0:n) for j < 6 (the next tile's rows) are prefetched
+// into L2, one per row every 16 k: a tile's rows are short runs the hardware streams late.
+template <int NC>
+void lane_dot_kernel(float* out,
+                     bool accumulate,
+                     const float* at,
+                     const float* w,
+                     std::int64_t ldw,
+                     std::int64_t n,
+                     const float* ahead) {
+  __m256 c[NC][2];  // every loop below is unrolled, so that c stays in registers
+#pragma GCC unroll 8
+  for (int j = 0; j < NC; ++j) {
+    for (int v = 0; v < 2; ++v) {
+      c[j][v] = accumulate ? _mm256_loadu_ps(out + j * lane_rows + v * 8) : _mm256_setzero_ps();
+    }
+  }
+  for (std::int64_t k = 0; k < n; ++k) {
+    if (ahead != nullptr && (k & 15) == 0) {
+#pragma GCC unroll 8
+      for (int j = 0; j < lane_w_rows; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + j * ldw + k), _MM_HINT_T1);
+      }
+    }
+    __m256 a[2];
+    for (int v = 0; v < 2; ++v) {
+      a[v] = _mm256_loadu_ps(at + k * lane_rows + v * 8);
+      asm("" : "+x"(a[v]));  // loaded once per k: g++ would fold the load into every FMA
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) {
+      const __m256 b = _mm256_broadcast_ss(w + j * ldw + k);
+      for (int v = 0; v < 2; ++v) {
+        c[j][v] = _mm256_fmadd_ps(a[v], b, c[j][v]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NC; ++j) {
+    for (int v = 0; v < 2; ++v) {
+      _mm256_storeu_ps(out + j * lane_rows + v * 8, c[j][v]);
+    }
+  }
+}
+#else
+// The same sums in the same order (one chain over k) in a portable loop.
+template <int NC>
+void lane_dot_kernel(float* out,
+                     bool accumulate,
+                     const float* at,
+                     const float* w,
+                     std::int64_t ldw,
+                     std::int64_t n,
+                     const float* /*ahead: no prefetch*/) {
+  for (int j = 0; j < NC; ++j) {
+    for (int i = 0; i < lane_rows; ++i) {
+      float sum = accumulate ? out[j * lane_rows + i] : 0.0f;
+      for (std::int64_t k = 0; k < n; ++k) {
+        sum += at[k * lane_rows + i] * w[j * ldw + k];
+      }
+      out[j * lane_rows + i] = sum;
+    }
+  }
+}
+#endif
+
+// lane_dot_kernel for the last tile of a thread's rows of W: nc <= NC rows.
+template <int NC>
+void lane_dot_kernel_rows(int nc,
+                          float* out,
+                          bool accumulate,
+                          const float* at,
+                          const float* w,
+                          std::int64_t ldw,
+                          std::int64_t n,
+                          const float* ahead) {
+  if constexpr (NC > 1) {
+    if (nc < NC) {
+      lane_dot_kernel_rows<NC - 1>(nc, out, accumulate, at, w, ldw, n, ahead);
+      return;
+    }
+  }
+  lane_dot_kernel<NC>(out, accumulate, at, w, ldw, n, ahead);
+}
+
 // Columns [i0, i1) of C = alpha A W^T + beta C for one segment: C [m, K], A [m, N], W [K, N].
 // `partials` holds ceil(m / 3) * 9 Partials of the calling thread's scratch.
 inline void columns(View<float> c,
@@ -260,6 +365,103 @@ inline void columns(View<float> c,
   }
 }
 
+// The RR <= 2 rows of A beside the lane groups against the nc <= 6 rows of W of a lane tile, over
+// columns [j0, j1) (that slice of those rows is in L1): partial sums at acc[r * nc + i].
+template <int RR>
+void rest_tile(int nc,
+               Partial* acc,
+               const float* a,
+               std::int64_t lda,
+               const float* w,
+               std::int64_t ldw,
+               std::int64_t j0,
+               std::int64_t j1) {
+  switch (nc) {
+    case 1:
+      dot_tile<RR, 1>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
+      break;
+    case 2:
+      dot_tile<RR, 2>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
+      break;
+    case 3:
+      dot_tile<RR, 3>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
+      break;
+    case 4:
+      dot_tile<RR, 4>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
+      break;
+    case 5:
+      dot_tile<RR, 5>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
+      break;
+    default:
+      dot_tile<RR, lane_w_rows>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
+      break;
+  }
+}
+
+// Columns [i0, i1) of C for one segment whose rows lanes_pay(): its rows in groups of 16 lanes,
+// A^T packed once per group, and the one or two rows past the groups beside them. Per tile of 6
+// rows of W, slice by slice of 512 columns, every group passes the slice (the first one streams
+// it from memory and prefetches the next tile's), then the rows beside the lanes take it from L1.
+// `partials` as for columns().
+inline void lane_columns(View<float> c,
+                         View<const float> a,
+                         View<const float> w,
+                         float alpha,
+                         float beta,
+                         std::int64_t i0,
+                         std::int64_t i1,
+                         Partial* partials) {
+  const std::int64_t m = a.rows;
+  const std::int64_t n = a.cols;
+  const std::int64_t beside = m % lane_rows <= 2 ? m % lane_rows : 0;
+  const std::int64_t in_lanes = m - beside;
+  const std::int64_t groups = (in_lanes + lane_rows - 1) / lane_rows;
+  auto rows_of = [&](std::int64_t g) {
+    return std::min<std::int64_t>(lane_rows, in_lanes - g * lane_rows);
+  };
+  float* at = skinny_detail::thread_buffer<float>(0, groups * lane_rows * n);  // [g][n][16]
+  for (std::int64_t g = 0; g < groups; ++g) {
+    skinny_detail::transpose_to_lanes(
+        at + g * lane_rows * n, lane_rows, a.row(g * lane_rows), a.stride, rows_of(g), n);
+  }
+  float* out = skinny_detail::thread_buffer<float>(1, groups * lane_w_rows * lane_rows);
+  for (std::int64_t i = i0; i < i1; i += lane_w_rows) {
+    const int nc = static_cast<int>(std::min<std::int64_t>(lane_w_rows, i1 - i));
+    const float* ahead = i + 2 * lane_w_rows <= i1 ? w.row(i + lane_w_rows) : nullptr;
+    for (int q = 0; q < 2 * lane_w_rows; ++q) {
+      clear(partials[q]);
+    }
+    for (std::int64_t j0 = 0; j0 < n; j0 += slice) {
+      const std::int64_t j1 = std::min(n, j0 + slice);
+      for (std::int64_t g = 0; g < groups; ++g) {
+        lane_dot_kernel_rows<lane_w_rows>(nc,
+                                          out + g * lane_w_rows * lane_rows,
+                                          j0 > 0,
+                                          at + (g * n + j0) * lane_rows,
+                                          w.row(i) + j0,
+                                          w.stride,
+                                          j1 - j0,
+                                          g == 0 && ahead != nullptr ? ahead + j0 : nullptr);
+      }
+      if (beside == 1) {
+        rest_tile<1>(nc, partials, a.row(in_lanes), a.stride, w.row(i), w.stride, j0, j1);
+      } else if (beside == 2) {
+        rest_tile<2>(nc, partials, a.row(in_lanes), a.stride, w.row(i), w.stride, j0, j1);
+      }
+    }
+    for (std::int64_t r = 0; r < m; ++r) {  // row r of output j: lanes, or partials beside them
+      float* crow = c.row(r) + i;
+      const float* o = out + (r / lane_rows) * lane_w_rows * lane_rows + r % lane_rows;
+      for (int j = 0; j < nc; ++j) {
+        const float sum =
+            r < in_lanes ? o[j * lane_rows] : total(partials[(r - in_lanes) * nc + j]);
+        const float v = alpha * sum;
+        crow[j] = beta == 0.0f ? v : v + beta * crow[j];
+      }
+    }
+  }
+}
+
 }  // namespace skinny_transposed_detail
 
 // For each segment e of `offsets` (E + 1 non-decreasing row offsets into a and c) with 1 to
@@ -290,47 +492,62 @@ inline void skinny_grouped_gemm_transposed(View<float> c,
     return;
   }
   std::int64_t work = 0;
+  std::vector<std::int64_t> short_segments;
   for (std::int64_t e = 0; e < experts; ++e) {
     const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - offsets[e];
-    work += count <= skinny_transposed_max_rows ? count * block * w.cols : 0;
+    if (count > 0 && count <= skinny_transposed_max_rows) {
+      work += count * block * w.cols;
+      short_segments.push_back(e);
+    }
   }
   const auto fa = static_cast<float>(alpha);
   const auto fb = static_cast<float>(beta);
-  auto run = [&](int t, int nt) {
+  // Columns [i0, i1) of segment e's output, on the calling thread.
+  auto segment = [&](std::int64_t e, std::int64_t i0, std::int64_t i1) {
     constexpr std::int64_t groups =
         (skinny_transposed_max_rows + detail::a_rows - 1) / detail::a_rows;
     auto* partials = skinny_detail::thread_buffer<detail::Partial>(0, groups * detail::tile);
-    // Output columns in runs of 16 (one cache line of C) per thread.
-    const std::int64_t runs = (block + 15) / 16;
-    const std::int64_t i0 = std::min(block, runs * t / nt * 16);
-    const std::int64_t i1 = std::min(block, runs * (t + 1) / nt * 16);
-    for (std::int64_t e = 0; e < experts && i0 < i1; ++e) {
-      const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
-      const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
-      if (count == 0 || count > skinny_transposed_max_rows) {
-        continue;
-      }
-      const auto ce = c.row_block(begin, count);
-      if (w.cols == 0) {  // an empty product: C = beta C
-        for (std::int64_t r = 0; r < count; ++r) {
-          for (std::int64_t i = i0; i < i1; ++i) {
-            ce.row(r)[i] = fb == 0.0f ? 0.0f : fb * ce.row(r)[i];
-          }
+    const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
+    const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
+    const auto ce = c.row_block(begin, count);
+    if (w.cols == 0) {  // an empty product: C = beta C
+      for (std::int64_t r = 0; r < count; ++r) {
+        for (std::int64_t i = i0; i < i1; ++i) {
+          ce.row(r)[i] = fb == 0.0f ? 0.0f : fb * ce.row(r)[i];
         }
-        continue;
       }
-      detail::columns(
-          ce, a.row_block(begin, count), w.row_block(e * block, block), fa, fb, i0, i1, partials);
+      return;
+    }
+    const auto ae = a.row_block(begin, count);
+    const auto we = w.row_block(e * block, block);
+    if (detail::lanes_pay(count)) {
+      detail::lane_columns(ce, ae, we, fa, fb, i0, i1, partials);
+    } else {
+      detail::columns(ce, ae, we, fa, fb, i0, i1, partials);
     }
   };
 #if defined(_OPENMP)
   if (work >= skinny_detail::parallel_min && !omp_in_parallel() && omp_get_max_threads() > 1) {
 #pragma omp parallel
-    run(omp_get_thread_num(), omp_get_num_threads());
+    {
+      // Output columns in runs of 16 (one cache line of C) per thread.
+      const std::int64_t t = omp_get_thread_num();
+      const std::int64_t nt = omp_get_num_threads();
+      const std::int64_t runs = (block + 15) / 16;
+      const std::int64_t i0 = std::min(block, runs * t / nt * 16);
+      const std::int64_t i1 = std::min(block, runs * (t + 1) / nt * 16);
+      for (const std::int64_t e : short_segments) {
+        if (i0 < i1) {
+          segment(e, i0, i1);
+        }
+      }
+    }
     return;
   }
 #endif
-  run(0, 1);
+  for (const std::int64_t e : short_segments) {
+    segment(e, 0, block);
+  }
 }
 
 }  // namespace mmsparse::cpu
