@@ -1,13 +1,12 @@
 // test/backend/cpu/skinny_gemm_test.cpp
 //
 // The small-M GEMM against a naive double loop: M up to 16 (every lane tile and row chunk) and, for
-// f32 row-major W, 17 and 18 (16 rows in lanes, the rest beside them), which round each row
-// alike; N not a
-// multiple of the vector width (and past one column block), odd K (past one K block), strided
-// views, alpha/beta, f32 and bf16 weights (oracle on the bf16 values), bf16 activations, W
-// row-major and in panels, which round alike; through CpuBackend::gemm and grouped_gemm with
-// empty, skinny and large segments in one call; the panel copies of CpuBackend (packed on second
-// use, never stale); errors name the argument.
+// f32 W, 17 and 18 (row-major: 16 rows in lanes, the rest beside them; panels), which round each
+// row alike; N not a multiple of the vector width (and past one column block), odd K (past one K
+// block), strided views, alpha/beta, f32 and bf16 weights (oracle on the bf16 values), bf16
+// activations, W row-major and in panels, which round alike; through CpuBackend::gemm and
+// grouped_gemm with empty, skinny and large segments in one call; the panel copies of CpuBackend
+// (packed on second use, never stale); errors name the argument.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -213,31 +212,35 @@ TEST_CASE("skinny_gemm past one column block, on one and several threads", "[bac
   }
 }
 
-TEST_CASE("skinny_gemm f32 row-major, 17 and 18 rows: 16 in lanes, the rest beside them",
+TEST_CASE("skinny_gemm f32, 17 and 18 rows: row-major (16 in lanes, the rest beside them), panels",
           "[backend][cpu]") {
   // N of one partial span (7), whole 48-column spans and a partial one with an edge tile (101,
-  // 200: on two threads, each with whole spans and the second with a partial one).
+  // 200: on two threads, each with whole spans and the second with a partial one); in panels,
+  // three row chunks over five K slices (301).
   std::uint64_t seed = 6000;
   for (const std::int64_t m : {std::int64_t{17}, std::int64_t{18}}) {
     for (const std::int64_t n : {std::int64_t{7}, std::int64_t{101}, std::int64_t{200}}) {
       for (const std::int64_t k : {std::int64_t{3}, std::int64_t{301}}) {
         for (const auto& [alpha, beta] : {std::pair{1.0, 0.0}, std::pair{0.75, -1.5}}) {
-          auto a = random_padded<float>(m, k, 3, ++seed);
-          auto w = random_padded<float>(k, n, 5, ++seed);
-          auto c = random_padded<float>(m, n, 2, ++seed);
-          const auto before = c.storage.clone();
-          const Reference r = reference(mm::View<const float>(before.data(), m, n, before.cols()),
-                                        a.cview(),
-                                        w.cview(),
-                                        alpha,
-                                        beta);
-          mm::cpu::skinny_gemm(c.view, a.cview(), w.cview(), alpha, beta);
-          require_close(c.cview(),
-                        r,
-                        k,
-                        "m=" + std::to_string(m) + " n=" + std::to_string(n) +
-                            " k=" + std::to_string(k) + " beta=" + std::to_string(beta));
-          require_padding_kept(c, before);
+          for (const Layout layout : {Layout::row_major, Layout::panels}) {
+            auto a = random_padded<float>(m, k, 3, ++seed);
+            auto w = random_padded<float>(k, n, 5, ++seed);
+            auto c = random_padded<float>(m, n, 2, ++seed);
+            const auto before = c.storage.clone();
+            const Reference r = reference(mm::View<const float>(before.data(), m, n, before.cols()),
+                                          a.cview(),
+                                          w.cview(),
+                                          alpha,
+                                          beta);
+            run_skinny(layout, c.view, a.cview(), w.cview(), alpha, beta);
+            require_close(c.cview(),
+                          r,
+                          k,
+                          "m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                              " k=" + std::to_string(k) + " beta=" + std::to_string(beta) +
+                              (layout == Layout::panels ? " panels" : " row-major"));
+            require_padding_kept(c, before);
+          }
         }
       }
     }
@@ -286,8 +289,13 @@ TEST_CASE("skinny_gemm rounds alike row-major and in panels (the backend picks e
   // The lane kernel (f32 row-major) and the panel micro-kernel sum each output as one chain over
   // k from zero, so a layer's first forward (row-major) and later ones (panels) agree bit for bit.
   std::uint64_t seed = 900;
-  for (const std::int64_t m :
-       {std::int64_t{1}, std::int64_t{6}, std::int64_t{7}, std::int64_t{9}, std::int64_t{16}}) {
+  for (const std::int64_t m : {std::int64_t{1},
+                               std::int64_t{6},
+                               std::int64_t{7},
+                               std::int64_t{9},
+                               std::int64_t{16},
+                               std::int64_t{17},
+                               std::int64_t{18}}) {
     for (const std::int64_t k : {std::int64_t{5}, std::int64_t{333}}) {
       const std::int64_t n = 77;
       auto a = random_padded<float>(m, k, 1, ++seed);
@@ -373,11 +381,16 @@ TEST_CASE("skinny_gemm rejects bad shapes, naming the argument, before writing",
   mm::Tensor<float> c_tall(19, 3);
   REQUIRE_THROWS_WITH(mm::cpu::skinny_gemm(c_tall.view(), tall.cview(), w.cview(), 1.0, 0.0),
                       Catch::Contains("[skinny_gemm] a:") && Catch::Contains("at most 18 rows"));
-  // Panels and bf16 weights take at most 16 rows.
+  // Panels take at most 18 rows, bf16 weights row-major at most 16.
   const Packed<float> packed = pack(w.cview());
+  REQUIRE_THROWS_WITH(
+      mm::cpu::skinny_gemm(
+          c_tall.view(), tall.cview(), mm::cpu::SkinnyPanels<const float>(packed.panels), 1.0, 0.0),
+      Catch::Contains("[skinny_gemm] a:") && Catch::Contains("at most 18 rows"));
+  const mm::Tensor<mm::bf16> w_bf16(6, 3);
   REQUIRE_THROWS_WITH(mm::cpu::skinny_gemm(c_tall.view().row_block(0, 17),
                                            tall.cview().row_block(0, 17),
-                                           mm::cpu::SkinnyPanels<const float>(packed.panels),
+                                           mm::View<const mm::bf16>(w_bf16.view()),
                                            1.0,
                                            0.0),
                       Catch::Contains("[skinny_gemm] a:") && Catch::Contains("at most 16 rows"));

@@ -129,12 +129,11 @@ class CpuBackend {
 
   // For each expert e: C_e = alpha * A_e op(W_e) + beta * C_e, where X_e are rows
   // [offsets[e], offsets[e+1]) and W_e is block e of the stacked weight w [E * wr, wc].
-  // With W not transposed (the forward), a segment of 1..skinny_max_rows rows goes to the skinny
+  // With W not transposed (the forward), a segment of 1..skinny_rows<U> rows goes to the skinny
   // kernel (bf16 widened in registers): over a panel copy of W_e once W_e has been used twice
-  // with the same weights (CpuOptions::pack_skinny_weights), otherwise over W_e itself; an f32
-  // segment of up to skinny_rows<float> rows to the lane walk over W_e; the other segments go to
-  // the provider (docs/design.md, "CPU GEMM provider"). Every skinny walk rounds alike, so the
-  // choice never changes a result.
+  // with the same weights (CpuOptions::pack_skinny_weights), otherwise over W_e itself (f32: the
+  // lane walk); the other segments go to the provider (docs/design.md, "CPU GEMM provider").
+  // Every skinny walk rounds alike, so the choice never changes a result.
   template <class U>
   void grouped_gemm(View<U> c,
                     View<const U> a,
@@ -501,10 +500,9 @@ class CpuBackend {
       auto ce = c.row_block(begin, count);
       auto ae = a.row_block(begin, count);
       auto we = w.row_block(static_cast<std::int64_t>(e) * block, block);
-      if (count <= cpu::skinny_max_rows) {  // panels once packed (SkinnyPacks is not locked)
+      if (count <= skinny_rows<U>) {  // panels once packed (SkinnyPacks is not locked)
+        static_assert(skinny_rows<U> <= cpu::skinny_panel_max_rows);
         skinny.push_back({ce, ae, we, pack_skinny_ ? skinny_packs_.find(we) : std::nullopt});
-      } else if (count <= skinny_rows<U>) {  // f32: 16 rows in lanes, the rest beside them
-        skinny.push_back({ce, ae, we, std::nullopt});
       } else {
         provider_segment(ce, ae, we, Trans::no, alpha, beta);
       }

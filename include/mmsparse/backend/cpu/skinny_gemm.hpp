@@ -39,6 +39,9 @@ inline constexpr std::int64_t skinny_max_rows = 16;
 // beside them (the 16-17 rows per expert of a MoD layer's experts: docs/benchmarks.md,
 // "Expert products of short segments").
 inline constexpr std::int64_t skinny_lane_max_rows = 18;
+// Largest M the panels take: three row chunks of the micro-kernel, as for 13-16 rows (8 experts'
+// 512x1536 weights from memory, 17-18 rows: 1.25-1.33 ms in panels, 1.44-1.63 row-major).
+inline constexpr std::int64_t skinny_panel_max_rows = 18;
 
 // Activations (A, C) and weights (W) the skinny path multiplies; double goes to the providers.
 template <class T>
@@ -697,9 +700,9 @@ void drive(const char* op,
 
 }  // namespace skinny_detail
 
-// C [M, N] = alpha A [M, K] W [K, N] + beta C for M <= skinny_max_rows. A and C are float or bf16
-// (T), W float or bf16 (TW); products accumulate in float and C is rounded once. beta = 0 ignores
-// what C held. C must not overlap A or W.
+// C [M, N] = alpha A [M, K] W [K, N] + beta C for M <= skinny_max_rows (skinny_lane_max_rows for
+// f32 W). A and C are float or bf16 (T), W float or bf16 (TW); products accumulate in float and C
+// is rounded once. beta = 0 ignores what C held. C must not overlap A or W.
 template <class T, class TW>
 void skinny_gemm(View<T> c, View<const T> a, View<const TW> w, double alpha, double beta) {
   static_assert(skinny_supported_v<T> && skinny_supported_v<TW>,
@@ -726,8 +729,8 @@ void skinny_gemm(View<T> c, View<const T> a, View<const TW> w, double alpha, dou
                        });
 }
 
-// The same with W packed into panels (pack_skinny_panels): each thread streams its panels as one
-// contiguous run of memory.
+// The same with W packed into panels (pack_skinny_panels), M <= skinny_panel_max_rows: each
+// thread streams its panels as one contiguous run of memory.
 template <class T, class TW>
 void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double alpha, double beta) {
   static_assert(skinny_supported_v<T> && skinny_supported_v<TW>,
@@ -740,7 +743,7 @@ void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double al
                        w.n,
                        alpha,
                        beta,
-                       skinny_max_rows,
+                       skinny_panel_max_rows,
                        [&](auto ap, auto lda, auto n0, auto n1, auto& done) {
                          skinny_detail::panel_columns(c.rows, a.cols, ap, lda, w, n0, n1, done);
                        });
