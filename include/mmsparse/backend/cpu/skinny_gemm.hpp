@@ -276,17 +276,24 @@ void row_major_columns(std::int64_t m,
 inline constexpr std::int64_t lane_block_k = 32;  // rows of W per pass over a thread's columns
 inline constexpr int lane_prefetch_bytes = 256;   // W is prefetched this far ahead in its row
 
+// How a lane kernel reads the [kc, NC] tile of W it multiplies: `rows`, element (k, j) at
+// w[k ldw + j] (W row-major: the forward, each row prefetched lane_prefetch_bytes ahead into L1);
+// `transposed`, at w[j ldw + k] (W^T row-major: the input gradient, with `ahead`, when not null,
+// the same NC rows of the next tile prefetched into L2, a line per row every 16 k).
+enum class LaneWalk { rows, transposed };
+
 #if defined(__AVX2__) && defined(__FMA__)
 // acc [NC][8 MV] (+)= A [8 MV, kc] W [kc, NC], the rows of A in the lanes of MV vectors (at is
 // A^T, [kc][8 MV]) and column j of the tile in acc + 8 MV j. Per k, each of the NC elements of W
-// is broadcast once and multiplies all the rows: W is read once, along its rows.
-template <int MV, int NC>
+// is broadcast once and multiplies all the rows: W is read once, in its own order.
+template <int MV, int NC, LaneWalk Walk = LaneWalk::rows>
 void lane_kernel(float* acc,
                  bool accumulate,
                  const float* at,
                  const float* w,
                  std::int64_t ldw,
-                 std::int64_t kc) {
+                 std::int64_t kc,
+                 const float* ahead = nullptr) {
   constexpr int mp = 8 * MV;
   __m256 c[NC][MV];  // every loop below is unrolled, so that c stays in registers
 #pragma GCC unroll 16
@@ -297,7 +304,14 @@ void lane_kernel(float* acc,
     }
   }
   for (std::int64_t k = 0; k < kc; ++k) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + lane_prefetch_bytes, _MM_HINT_T0);
+    if constexpr (Walk == LaneWalk::rows) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + lane_prefetch_bytes, _MM_HINT_T0);
+    } else if (ahead != nullptr && (k & 15) == 0) {
+#pragma GCC unroll 16
+      for (int j = 0; j < NC; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + j * ldw + k), _MM_HINT_T1);
+      }
+    }
     __m256 a[MV];
 #pragma GCC unroll 4
     for (int v = 0; v < MV; ++v) {
@@ -306,7 +320,8 @@ void lane_kernel(float* acc,
     }
 #pragma GCC unroll 16
     for (int j = 0; j < NC; ++j) {
-      const __m256 b = _mm256_broadcast_ss(w + k * ldw + j);
+      const float* wj = Walk == LaneWalk::rows ? w + k * ldw + j : w + j * ldw + k;
+      const __m256 b = _mm256_broadcast_ss(wj);
 #pragma GCC unroll 4
       for (int v = 0; v < MV; ++v) {
         c[j][v] = _mm256_fmadd_ps(a[v], b, c[j][v]);
@@ -323,19 +338,20 @@ void lane_kernel(float* acc,
 }
 #else
 // The same sums in the same order as the micro-kernel's portable loop.
-template <int MV, int NC>
+template <int MV, int NC, LaneWalk Walk = LaneWalk::rows>
 void lane_kernel(float* acc,
                  bool accumulate,
                  const float* at,
                  const float* w,
                  std::int64_t ldw,
-                 std::int64_t kc) {
+                 std::int64_t kc,
+                 const float* /*ahead: no prefetch*/ = nullptr) {
   constexpr int mp = 8 * MV;
   for (int j = 0; j < NC; ++j) {
     for (int i = 0; i < mp; ++i) {
       float sum = accumulate ? acc[j * mp + i] : 0.0f;
       for (std::int64_t k = 0; k < kc; ++k) {
-        sum += at[k * mp + i] * w[k * ldw + j];
+        sum += at[k * mp + i] * (Walk == LaneWalk::rows ? w[k * ldw + j] : w[j * ldw + k]);
       }
       acc[j * mp + i] = sum;
     }
@@ -344,21 +360,22 @@ void lane_kernel(float* acc,
 #endif
 
 // The lane kernel for the last tile of a thread's columns: nc <= NC columns.
-template <int MV, int NC>
+template <int MV, int NC, LaneWalk Walk = LaneWalk::rows>
 void lane_kernel_cols(int nc,
                       float* acc,
                       bool accumulate,
                       const float* at,
                       const float* w,
                       std::int64_t ldw,
-                      std::int64_t kc) {
+                      std::int64_t kc,
+                      const float* ahead = nullptr) {
   if constexpr (NC > 1) {
     if (nc < NC) {
-      lane_kernel_cols<MV, NC - 1>(nc, acc, accumulate, at, w, ldw, kc);
+      lane_kernel_cols<MV, NC - 1, Walk>(nc, acc, accumulate, at, w, ldw, kc, ahead);
       return;
     }
   }
-  lane_kernel<MV, NC>(acc, accumulate, at, w, ldw, kc);
+  lane_kernel<MV, NC, Walk>(acc, accumulate, at, w, ldw, kc, ahead);
 }
 
 // at [k][lanes] = A^T for the m <= lanes rows of A [m, k], zero in the lanes past m.

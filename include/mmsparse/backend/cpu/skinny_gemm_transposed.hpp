@@ -211,6 +211,9 @@ inline void dot_tile_any(int rr,
 }
 
 // ---- the lane walk: 16 rows of A in the lanes of two vectors --------------------------------
+// The forward's lane kernel (skinny_gemm.hpp) reading W^T: per column k, element k of each of 6
+// rows of W is broadcast once and meets 16 rows of A, so each output is one FMA chain over k in
+// a register (nothing added up across lanes), and the next tile's rows are prefetched into L2.
 
 inline constexpr int lane_rows = 16;   // rows of A per lane group: two 8-float vectors
 inline constexpr int lane_w_rows = 6;  // rows of W per lane tile: 12 accumulators
@@ -221,95 +224,6 @@ inline constexpr int lane_w_rows = 6;  // rows of W per lane tile: 12 accumulato
 // "Short segments in training").
 constexpr bool lanes_pay(std::int64_t m) {
   return m >= 15 && (m % 16 <= 2 || m % 16 == 15);
-}
-
-#if defined(__AVX2__) && defined(__FMA__)
-// out [NC][16] (+)= A [16, n] W[0:NC, 0:n)^T, the rows of A in the lanes of two vectors (at is
-// A^T, [n][16]): per k, element k of each of the NC rows of W is broadcast once and meets all 16
-// rows. Each output is one FMA chain over k, so nothing is added up across lanes. With `ahead`
-// (not null), the lines of ahead[j * ldw + 0:n) for j < 6 (the next tile's rows) are prefetched
-// into L2, one per row every 16 k: a tile's rows are short runs the hardware streams late.
-template <int NC>
-void lane_dot_kernel(float* out,
-                     bool accumulate,
-                     const float* at,
-                     const float* w,
-                     std::int64_t ldw,
-                     std::int64_t n,
-                     const float* ahead) {
-  __m256 c[NC][2];  // every loop below is unrolled, so that c stays in registers
-#pragma GCC unroll 8
-  for (int j = 0; j < NC; ++j) {
-    for (int v = 0; v < 2; ++v) {
-      c[j][v] = accumulate ? _mm256_loadu_ps(out + j * lane_rows + v * 8) : _mm256_setzero_ps();
-    }
-  }
-  for (std::int64_t k = 0; k < n; ++k) {
-    if (ahead != nullptr && (k & 15) == 0) {
-#pragma GCC unroll 8
-      for (int j = 0; j < lane_w_rows; ++j) {
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + j * ldw + k), _MM_HINT_T1);
-      }
-    }
-    __m256 a[2];
-    for (int v = 0; v < 2; ++v) {
-      a[v] = _mm256_loadu_ps(at + k * lane_rows + v * 8);
-      asm("" : "+x"(a[v]));  // loaded once per k: g++ would fold the load into every FMA
-    }
-#pragma GCC unroll 8
-    for (int j = 0; j < NC; ++j) {
-      const __m256 b = _mm256_broadcast_ss(w + j * ldw + k);
-      for (int v = 0; v < 2; ++v) {
-        c[j][v] = _mm256_fmadd_ps(a[v], b, c[j][v]);
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int j = 0; j < NC; ++j) {
-    for (int v = 0; v < 2; ++v) {
-      _mm256_storeu_ps(out + j * lane_rows + v * 8, c[j][v]);
-    }
-  }
-}
-#else
-// The same sums in the same order (one chain over k) in a portable loop.
-template <int NC>
-void lane_dot_kernel(float* out,
-                     bool accumulate,
-                     const float* at,
-                     const float* w,
-                     std::int64_t ldw,
-                     std::int64_t n,
-                     const float* /*ahead: no prefetch*/) {
-  for (int j = 0; j < NC; ++j) {
-    for (int i = 0; i < lane_rows; ++i) {
-      float sum = accumulate ? out[j * lane_rows + i] : 0.0f;
-      for (std::int64_t k = 0; k < n; ++k) {
-        sum += at[k * lane_rows + i] * w[j * ldw + k];
-      }
-      out[j * lane_rows + i] = sum;
-    }
-  }
-}
-#endif
-
-// lane_dot_kernel for the last tile of a thread's rows of W: nc <= NC rows.
-template <int NC>
-void lane_dot_kernel_rows(int nc,
-                          float* out,
-                          bool accumulate,
-                          const float* at,
-                          const float* w,
-                          std::int64_t ldw,
-                          std::int64_t n,
-                          const float* ahead) {
-  if constexpr (NC > 1) {
-    if (nc < NC) {
-      lane_dot_kernel_rows<NC - 1>(nc, out, accumulate, at, w, ldw, n, ahead);
-      return;
-    }
-  }
-  lane_dot_kernel<NC>(out, accumulate, at, w, ldw, n, ahead);
 }
 
 // Columns [i0, i1) of C = alpha A W^T + beta C for one segment: C [m, K], A [m, N], W [K, N].
@@ -365,9 +279,9 @@ inline void columns(View<float> c,
   }
 }
 
-// The RR <= 2 rows of A beside the lane groups against the nc <= 6 rows of W of a lane tile, over
+// The RR <= 2 rows of A beside the lane groups against the nc <= NC rows of W of a lane tile, over
 // columns [j0, j1) (that slice of those rows is in L1): partial sums at acc[r * nc + i].
-template <int RR>
+template <int RR, int NC = lane_w_rows>
 void rest_tile(int nc,
                Partial* acc,
                const float* a,
@@ -376,26 +290,13 @@ void rest_tile(int nc,
                std::int64_t ldw,
                std::int64_t j0,
                std::int64_t j1) {
-  switch (nc) {
-    case 1:
-      dot_tile<RR, 1>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
-      break;
-    case 2:
-      dot_tile<RR, 2>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
-      break;
-    case 3:
-      dot_tile<RR, 3>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
-      break;
-    case 4:
-      dot_tile<RR, 4>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
-      break;
-    case 5:
-      dot_tile<RR, 5>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
-      break;
-    default:
-      dot_tile<RR, lane_w_rows>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
-      break;
+  if constexpr (NC > 1) {
+    if (nc < NC) {
+      rest_tile<RR, NC - 1>(nc, acc, a, lda, w, ldw, j0, j1);
+      return;
+    }
   }
+  dot_tile<RR, NC>(acc, a, lda, w, ldw, j0, j1, nullptr, 0, 0);
 }
 
 // Columns [i0, i1) of C for one segment whose rows lanes_pay(): its rows in groups of 16 lanes,
@@ -434,14 +335,15 @@ inline void lane_columns(View<float> c,
     for (std::int64_t j0 = 0; j0 < n; j0 += slice) {
       const std::int64_t j1 = std::min(n, j0 + slice);
       for (std::int64_t g = 0; g < groups; ++g) {
-        lane_dot_kernel_rows<lane_w_rows>(nc,
-                                          out + g * lane_w_rows * lane_rows,
-                                          j0 > 0,
-                                          at + (g * n + j0) * lane_rows,
-                                          w.row(i) + j0,
-                                          w.stride,
-                                          j1 - j0,
-                                          g == 0 && ahead != nullptr ? ahead + j0 : nullptr);
+        skinny_detail::lane_kernel_cols<2, lane_w_rows, skinny_detail::LaneWalk::transposed>(
+            nc,
+            out + g * lane_w_rows * lane_rows,
+            j0 > 0,
+            at + (g * n + j0) * lane_rows,
+            w.row(i) + j0,
+            w.stride,
+            j1 - j0,
+            g == 0 && ahead != nullptr ? ahead + j0 : nullptr);
       }
       if (beside == 1) {
         rest_tile<1>(nc, partials, a.row(in_lanes), a.stride, w.row(i), w.stride, j0, j1);
