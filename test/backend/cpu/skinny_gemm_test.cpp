@@ -132,12 +132,12 @@ void run_skinny(Layout layout,
   }
 }
 
-// skinny_gemm over every M, a few N and K, two (alpha, beta), strided A, W and C, with W
-// row-major and in panels.
+// skinny_gemm over the rows ms (by default every lane tile and row chunk up to 16), the columns
+// ns, two K and two (alpha, beta), strided A, W and C, with W row-major and in panels.
 template <class T, class TW>
-void check_shapes(std::uint64_t seed) {
-  const std::vector<std::int64_t> ms = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16};
-  const std::vector<std::int64_t> ns = {1, 7, 37, 300};
+void check_shapes(std::uint64_t seed,
+                  const std::vector<std::int64_t>& ms = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16},
+                  const std::vector<std::int64_t>& ns = {1, 7, 37, 300}) {
   const std::vector<std::int64_t> ks = {3, 301};  // 301: three K blocks, the last partial
   const std::vector<std::pair<double, double>> scalars = {{1.0, 0.0}, {0.75, -1.5}};
   for (const std::int64_t m : ms) {
@@ -217,34 +217,7 @@ TEST_CASE("skinny_gemm f32, 17 and 18 rows: row-major (16 in lanes, the rest bes
   // N of one partial span (7), whole 48-column spans and a partial one with an edge tile (101,
   // 200: on two threads, each with whole spans and the second with a partial one); in panels,
   // three row chunks over five K slices (301).
-  std::uint64_t seed = 6000;
-  for (const std::int64_t m : {std::int64_t{17}, std::int64_t{18}}) {
-    for (const std::int64_t n : {std::int64_t{7}, std::int64_t{101}, std::int64_t{200}}) {
-      for (const std::int64_t k : {std::int64_t{3}, std::int64_t{301}}) {
-        for (const auto& [alpha, beta] : {std::pair{1.0, 0.0}, std::pair{0.75, -1.5}}) {
-          for (const Layout layout : {Layout::row_major, Layout::panels}) {
-            auto a = random_padded<float>(m, k, 3, ++seed);
-            auto w = random_padded<float>(k, n, 5, ++seed);
-            auto c = random_padded<float>(m, n, 2, ++seed);
-            const auto before = c.storage.clone();
-            const Reference r = reference(mm::View<const float>(before.data(), m, n, before.cols()),
-                                          a.cview(),
-                                          w.cview(),
-                                          alpha,
-                                          beta);
-            run_skinny(layout, c.view, a.cview(), w.cview(), alpha, beta);
-            require_close(c.cview(),
-                          r,
-                          k,
-                          "m=" + std::to_string(m) + " n=" + std::to_string(n) +
-                              " k=" + std::to_string(k) + " beta=" + std::to_string(beta) +
-                              (layout == Layout::panels ? " panels" : " row-major"));
-            require_padding_kept(c, before);
-          }
-        }
-      }
-    }
-  }
+  check_shapes<float, float>(6000, {17, 18}, {7, 101, 200});
   SECTION("on several threads, past one column block") {
     const std::int64_t m = 18;
     const std::int64_t k = 67;
