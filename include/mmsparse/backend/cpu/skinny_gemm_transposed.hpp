@@ -353,10 +353,10 @@ inline void lane_columns(View<float> c,
     }
     for (std::int64_t r = 0; r < m; ++r) {  // row r of output j: lanes, or partials beside them
       float* crow = c.row(r) + i;
-      const float* o = out + (r / lane_rows) * lane_w_rows * lane_rows + r % lane_rows;
       for (int j = 0; j < nc; ++j) {
-        const float sum =
-            r < in_lanes ? o[j * lane_rows] : total(partials[(r - in_lanes) * nc + j]);
+        const float sum = r < in_lanes
+                              ? out[((r / lane_rows) * lane_w_rows + j) * lane_rows + r % lane_rows]
+                              : total(partials[(r - in_lanes) * nc + j]);
         const float v = alpha * sum;
         crow[j] = beta == 0.0f ? v : v + beta * crow[j];
       }
