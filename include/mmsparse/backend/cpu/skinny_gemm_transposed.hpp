@@ -15,7 +15,6 @@
 #include <cstdint>
 #include <span>
 #include <string>
-#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -394,62 +393,52 @@ inline void skinny_grouped_gemm_transposed(View<float> c,
     return;
   }
   std::int64_t work = 0;
-  std::vector<std::int64_t> short_segments;
   for (std::int64_t e = 0; e < experts; ++e) {
     const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - offsets[e];
-    if (count > 0 && count <= skinny_transposed_max_rows) {
-      work += count * block * w.cols;
-      short_segments.push_back(e);
-    }
+    work += count <= skinny_transposed_max_rows ? count * block * w.cols : 0;
   }
   const auto fa = static_cast<float>(alpha);
   const auto fb = static_cast<float>(beta);
-  // Columns [i0, i1) of segment e's output, on the calling thread.
-  auto segment = [&](std::int64_t e, std::int64_t i0, std::int64_t i1) {
+  auto run = [&](int t, int nt) {
     constexpr std::int64_t groups =
         (skinny_transposed_max_rows + detail::a_rows - 1) / detail::a_rows;
     auto* partials = skinny_detail::thread_buffer<detail::Partial>(0, groups * detail::tile);
-    const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
-    const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
-    const auto ce = c.row_block(begin, count);
-    if (w.cols == 0) {  // an empty product: C = beta C
-      for (std::int64_t r = 0; r < count; ++r) {
-        for (std::int64_t i = i0; i < i1; ++i) {
-          ce.row(r)[i] = fb == 0.0f ? 0.0f : fb * ce.row(r)[i];
-        }
+    // Output columns in runs of 16 (one cache line of C) per thread.
+    const std::int64_t runs = (block + 15) / 16;
+    const std::int64_t i0 = std::min(block, runs * t / nt * 16);
+    const std::int64_t i1 = std::min(block, runs * (t + 1) / nt * 16);
+    for (std::int64_t e = 0; e < experts && i0 < i1; ++e) {
+      const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
+      const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
+      if (count == 0 || count > skinny_transposed_max_rows) {
+        continue;
       }
-      return;
-    }
-    const auto ae = a.row_block(begin, count);
-    const auto we = w.row_block(e * block, block);
-    if (detail::lanes_pay(count)) {
-      detail::lane_columns(ce, ae, we, fa, fb, i0, i1, partials);
-    } else {
-      detail::columns(ce, ae, we, fa, fb, i0, i1, partials);
+      const auto ce = c.row_block(begin, count);
+      if (w.cols == 0) {  // an empty product: C = beta C
+        for (std::int64_t r = 0; r < count; ++r) {
+          for (std::int64_t i = i0; i < i1; ++i) {
+            ce.row(r)[i] = fb == 0.0f ? 0.0f : fb * ce.row(r)[i];
+          }
+        }
+        continue;
+      }
+      const auto ae = a.row_block(begin, count);
+      const auto we = w.row_block(e * block, block);
+      if (detail::lanes_pay(count)) {
+        detail::lane_columns(ce, ae, we, fa, fb, i0, i1, partials);
+      } else {
+        detail::columns(ce, ae, we, fa, fb, i0, i1, partials);
+      }
     }
   };
 #if defined(_OPENMP)
   if (work >= skinny_detail::parallel_min && !omp_in_parallel() && omp_get_max_threads() > 1) {
 #pragma omp parallel
-    {
-      // Output columns in runs of 16 (one cache line of C) per thread.
-      const std::int64_t t = omp_get_thread_num();
-      const std::int64_t nt = omp_get_num_threads();
-      const std::int64_t runs = (block + 15) / 16;
-      const std::int64_t i0 = std::min(block, runs * t / nt * 16);
-      const std::int64_t i1 = std::min(block, runs * (t + 1) / nt * 16);
-      for (const std::int64_t e : short_segments) {
-        if (i0 < i1) {
-          segment(e, i0, i1);
-        }
-      }
-    }
+    run(omp_get_thread_num(), omp_get_num_threads());
     return;
   }
 #endif
-  for (const std::int64_t e : short_segments) {
-    segment(e, 0, block);
-  }
+  run(0, 1);
 }
 
 }  // namespace mmsparse::cpu
