@@ -1,9 +1,10 @@
 // mmsparse/backend/cpu/skinny_gemm.hpp
 //
 // Small-M GEMM for decode and short expert segments: C [M, N] = alpha A [M, K] W [K, N] + beta C
-// with M <= 16 (18 for f32 W row-major), streaming the weight W once from memory (f32, or bf16
-// widened in registers: half the bytes). Three walks, which all sum each output in the same order
-// (one FMA chain over k from zero), so they round alike and the backend may pick any of them:
+// with M <= 16 (18 for f32 W row-major and for panels), streaming the weight W once from memory
+// (f32, or bf16 widened in registers: half the bytes). Three walks, which all sum each output in
+// the same order (one FMA chain over k from zero), so they round alike and the backend may pick any
+// of them:
 //  - f32 W row-major: the lane kernel, rows of A in vector lanes and each element of W broadcast
 //    once, reading W along its rows without a copy (a 17th and 18th row beside the lanes);
 //  - W packed once into 16-column panels (SkinnyPanels), which each thread reads as one
