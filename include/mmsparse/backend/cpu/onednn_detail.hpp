@@ -137,6 +137,20 @@ inline bool copy_b_pays(std::int64_t m, std::int64_t n, std::int64_t b_stride, s
          1.0 / static_cast<double>(m) + 1.0 / static_cast<double>(n) >= 0.0038;
 }
 
+// Product rows from which a transposed A with aliasing rows is copied (below): at 256 rows the
+// copy was as often slower as faster.
+inline constexpr std::int64_t copy_a_pays_rows = 512;
+
+// Whether a plain product C [m, n] = A^T op(B), A stored [k, m], should multiply a padded-stride
+// copy of A made for this call: the no-copy kernel walks A^T down A's columns, whose elements a
+// multiple of 1 KB apart share a few L1 sets (the weight gradient of a projection, x^T dy with x
+// [tokens, 512]: 512 x 512 x 128 ran at 113-122 GFLOP/s in place, 156-173 with the copy; 1024 x
+// 256 at 73-76 against 160-163).
+inline bool copy_a_pays(std::int64_t m, std::int64_t n, std::int64_t a_stride, std::size_t bytes) {
+  return m >= copy_a_pays_rows && aliasing_row_stride(a_stride, bytes) &&
+         1.0 / static_cast<double>(m) + 1.0 / static_cast<double>(n) >= 0.0038;
+}
+
 // dst = src, row by row (dst may have another stride).
 template <class T>
 void copy_rows(View<T> dst, View<const T> src) {

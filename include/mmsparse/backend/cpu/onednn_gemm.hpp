@@ -42,7 +42,7 @@ enum class PackMode {
   automatic,  // pack where oneDNN prefers a blocked layout (AVX-512, AMX), bf16 must be widened,
               // or the row stride is a multiple of 1 KB (a copy with a padded stride)
   always,     // always multiply a provider-owned copy (also in the plain layout)
-  never,      // keep no copy: the plain product (which may copy B for one call, copy_b_pays)
+  never,      // keep no copy: the plain product (which may copy A or B for the call)
 };
 
 struct OnednnOptions {
@@ -54,9 +54,10 @@ struct OnednnOptions {
 };
 
 struct OnednnStats {
-  std::int64_t primitives = 0;  // matmul primitives created
-  std::int64_t packs = 0;       // weight blocks written into a packed copy
-  std::int64_t pack_hits = 0;   // uses of a packed copy that was still current
+  std::int64_t primitives = 0;      // matmul primitives created
+  std::int64_t packs = 0;           // weight blocks written into a packed copy
+  std::int64_t pack_hits = 0;       // uses of a packed copy that was still current
+  std::int64_t operand_copies = 0;  // plain products that multiplied a padded copy of A or B
 };
 
 // One instance per backend (and so per thread that drives it): its caches are not locked.
@@ -313,11 +314,22 @@ class OnednnGemm {
         return;
       }
     }
+    if (ta == Trans::yes && a.rows > 1 &&
+        onednn_detail::copy_a_pays(c.rows, c.cols, a.stride, sizeof(T))) {
+      // A^T's elements alias in the no-copy kernel: multiply a copy with a padded stride.
+      const std::int64_t stride = onednn_detail::padded_row_stride(a.cols, sizeof(T));
+      const View<T> copy(restride_a_.take<T>(a.rows * stride), a.rows, a.cols, stride);
+      onednn_detail::copy_rows(copy, a);
+      ++stats_.operand_copies;
+      plain_gemm(c, View<const T>(copy), ta, b, tb, alpha, beta);
+      return;
+    }
     if (b.rows > 1 && onednn_detail::copy_b_pays(c.rows, c.cols, b.stride, sizeof(T))) {
       // B's rows alias in the no-copy kernel: multiply a copy with a padded stride.
       const std::int64_t stride = onednn_detail::padded_row_stride(b.cols, sizeof(T));
       const View<T> copy(restride_b_.take<T>(b.rows * stride), b.rows, b.cols, stride);
       onednn_detail::copy_rows(copy, b);
+      ++stats_.operand_copies;
       const View<const T> padded(copy);
       run_plain(
           c, a.data, oa, ta, padded.data, onednn_detail::operand(padded, tb), tb, alpha, beta);
@@ -575,7 +587,8 @@ class OnednnGemm {
   std::unordered_map<onednn_detail::PackKey, Pack, onednn_detail::PackKeyHash> packs_;
   std::unordered_map<onednn_detail::FixedKey, FixedEntry, onednn_detail::FixedKeyHash> fixed_;
   onednn_detail::Scratch scratchpad_;
-  onednn_detail::Scratch restride_b_;  // B of a plain product, copied with a padded stride
+  onednn_detail::Scratch restride_a_;  // A of a plain product, copied with a padded stride
+  onednn_detail::Scratch restride_b_;  // and B
   onednn_detail::Scratch widen_a_;
   onednn_detail::Scratch widen_b_;
   onednn_detail::Scratch widen_c_;
