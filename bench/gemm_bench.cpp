@@ -6,7 +6,8 @@
 // GFLOP/s and the fraction of the measured peak (bench_context.hpp); decode also as weight
 // bytes/s against the triad bandwidth. A training step (x W, dy W^T, x^T dy with weights changing
 // every step) compares packed and plain weights; short segments (8 experts of 8 to 128 tokens)
-// compare the backend's skinny kernels with the provider alone, product by product.
+// compare the backend's skinny kernels with the provider alone, product by product; weight
+// gradients whose operands' rows alias compare oneDNN on a padded copy with oneDNN in place.
 #include <chrono>
 #include <cstdint>
 #include <ctime>
@@ -247,6 +248,36 @@ void bm_short_segments(benchmark::State& state,
   timed_loop(state, rates, step);
 }
 
+// A weight gradient C [m, n] = A^T B with A [k, m] and B [k, n] row-major, m and n multiples of
+// 256 floats (1 KB): the rows of both alias in L1. The layers' shapes: a projection's x^T dy over
+// k tokens, and attention's P^T dO for one head and block of queries.
+struct AliasedShape {
+  const char* label;
+  std::int64_t m, n, k;
+};
+
+constexpr AliasedShape aliased_shapes[] = {
+    {"projection_512x512_tokens128", 512, 512, 128},
+    {"projection_512x512_tokens1024", 512, 512, 1024},
+    {"attention_dv_1024x64_queries128", 1024, 64, 128},
+};
+
+template <class Provider>
+void bm_aliased(benchmark::State& state, AliasedShape s, int threads, Provider& provider) {
+  set_threads(threads);
+  mm::Tensor<float> a(s.k, s.m);
+  mm::Tensor<float> b(s.k, s.n);
+  mm::Tensor<float> c(s.m, s.n);
+  fill(a, 7);
+  fill(b, 8);
+  fill(c, 9);
+  auto run = [&] { provider.gemm(c.view(), cv(a), Trans::yes, cv(b), Trans::no, 1.0, 1.0); };
+  const auto& lim = mm::bench::limits(threads);
+  run();
+  timed_loop(
+      state, Rates{threads, 2.0 * static_cast<double>(s.m * s.n * s.k), lim.f32_gflops}, run);
+}
+
 // CpuBackend<T, EigenGemm> exposes the same calls (weights_updated is a no-op there).
 using EigenF32 = mm::CpuBackend<float, mm::cpu::EigenGemm>;
 
@@ -339,6 +370,18 @@ void register_all() {
         }
       }
     }
+#if defined(MMSPARSE_WITH_ONEDNN)
+    // The oneDNN provider with its padded copy of aliasing operands (the default) and without.
+    for (const AliasedShape& s : aliased_shapes) {
+      for (const bool copy : {true, false}) {
+        add(std::string("aliased/onednn_") + (copy ? "copied/" : "in_place/") + s.label + th,
+            [=](benchmark::State& st) {
+              mm::cpu::OnednnGemm g({.copy_aliasing = copy});
+              bm_aliased(st, s, t, g);
+            });
+      }
+    }
+#endif
     add("train_step/eigen_f32" + th, [=](benchmark::State& st) {
       EigenF32 b;
       bm_train_step<float>(st, t, b);

@@ -417,27 +417,31 @@ TEST_CASE("OnednnGemm::gemm multiplies a padded copy of a B whose rows are 1 KB 
 TEST_CASE("OnednnGemm::gemm multiplies a padded copy of a transposed A whose rows are 1 KB apart",
           "[backend][cpu]") {
   // A weight gradient's shape: C [512, 96] = A^T B, A [37, 512] inside rows of 512 + 256 floats
-  // (3 KB); B aliasing too (both copied) or not, alpha and beta. At 300 output rows A stays put.
-  mm::cpu::OnednnGemm g;
-  for (const std::int64_t b_pad : {std::int64_t{5}, std::int64_t{256 - 96}}) {
-    for (const std::int64_t m : {std::int64_t{512}, std::int64_t{300}}) {
-      auto a = random_padded<float>(37, m, 768 - m, 91);
-      REQUIRE(a.view.stride == 768);
-      auto b = random_padded<float>(37, 96, b_pad, 92);
-      auto c = random_padded<float>(m, 96, 3, 93);
-      const auto before = c.storage.clone();
-      const mm::View<const float> c0(before.data(), m, 96, before.cols());
-      const Reference r = reference(c0, a.cview(), Trans::yes, b.cview(), Trans::no, 0.75, -1.5);
-      const std::int64_t copies = g.stats().operand_copies;
-      g.gemm(c.view, a.cview(), Trans::yes, b.cview(), Trans::no, 0.75, -1.5);
-      const std::string what =
-          "A^T, m = " + std::to_string(m) + ", B stride " + std::to_string(b.view.stride);
-      require_close(c.cview(), r, 37, what);
-      require_padding_kept(c, before);
-      // A is copied at 512 rows; B (stride 256 floats) at 128 rows or more.
-      const std::int64_t expected = (m == 512 ? 1 : 0) + (b.view.stride == 256 ? 1 : 0);
-      INFO(what);
-      CHECK(g.stats().operand_copies - copies == expected);
+  // (3 KB); B aliasing too (both copied) or not, alpha and beta. At 300 output rows A stays put;
+  // with copy_aliasing off, every operand does.
+  for (const bool copying : {true, false}) {
+    mm::cpu::OnednnGemm g({.copy_aliasing = copying});
+    for (const std::int64_t b_pad : {std::int64_t{5}, std::int64_t{256 - 96}}) {
+      for (const std::int64_t m : {std::int64_t{512}, std::int64_t{300}}) {
+        auto a = random_padded<float>(37, m, 768 - m, 91);
+        REQUIRE(a.view.stride == 768);
+        auto b = random_padded<float>(37, 96, b_pad, 92);
+        auto c = random_padded<float>(m, 96, 3, 93);
+        const auto before = c.storage.clone();
+        const mm::View<const float> c0(before.data(), m, 96, before.cols());
+        const Reference r = reference(c0, a.cview(), Trans::yes, b.cview(), Trans::no, 0.75, -1.5);
+        const std::int64_t copies = g.stats().operand_copies;
+        g.gemm(c.view, a.cview(), Trans::yes, b.cview(), Trans::no, 0.75, -1.5);
+        const std::string what =
+            "A^T, m = " + std::to_string(m) + ", B stride " + std::to_string(b.view.stride);
+        require_close(c.cview(), r, 37, what);
+        require_padding_kept(c, before);
+        // A is copied at 512 rows; B (stride 256 floats) at 128 rows or more.
+        const std::int64_t expected =
+            copying ? (m == 512 ? 1 : 0) + (b.view.stride == 256 ? 1 : 0) : 0;
+        INFO(what);
+        CHECK(g.stats().operand_copies - copies == expected);
+      }
     }
   }
 }

@@ -51,6 +51,9 @@ struct OnednnOptions {
   // gemm): rows go in chunks of a multiple of row_tile, at most max_rows, then the remainder.
   std::int64_t row_tile = 64;
   std::int64_t max_rows = 2048;
+  // Multiply a padded-stride copy of an operand whose rows alias where it pays (copy_a_pays,
+  // copy_b_pays); false multiplies every operand in place.
+  bool copy_aliasing = true;
 };
 
 struct OnednnStats {
@@ -314,7 +317,7 @@ class OnednnGemm {
         return;
       }
     }
-    if (ta == Trans::yes && a.rows > 1 &&
+    if (options_.copy_aliasing && ta == Trans::yes && a.rows > 1 &&
         onednn_detail::copy_a_pays(c.rows, c.cols, a.stride, sizeof(T))) {
       // A^T's elements alias in the no-copy kernel: multiply a copy with a padded stride.
       const std::int64_t stride = onednn_detail::padded_row_stride(a.cols, sizeof(T));
@@ -324,7 +327,8 @@ class OnednnGemm {
       plain_gemm(c, View<const T>(copy), ta, b, tb, alpha, beta);
       return;
     }
-    if (b.rows > 1 && onednn_detail::copy_b_pays(c.rows, c.cols, b.stride, sizeof(T))) {
+    if (options_.copy_aliasing && b.rows > 1 &&
+        onednn_detail::copy_b_pays(c.rows, c.cols, b.stride, sizeof(T))) {
       // B's rows alias in the no-copy kernel: multiply a copy with a padded stride.
       const std::int64_t stride = onednn_detail::padded_row_stride(b.cols, sizeof(T));
       const View<T> copy(restride_b_.take<T>(b.rows * stride), b.rows, b.cols, stride);
