@@ -1,6 +1,8 @@
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -18,6 +20,30 @@ namespace {
 
 using Cpu = mm::CpuBackend<double>;
 using Core = mm::CoreAttention<double, Cpu>;
+
+// The CPU backend with its heads in order: the generic path of detail::for_each_head, each head's
+// products over every thread.
+template <class T>
+struct InOrderCpu : mm::CpuBackend<T> {
+  template <class U, class F>
+  void for_each_head(std::int64_t, std::int64_t, F&&) = delete;
+};
+
+// The CPU backend, counting the heads it runs side by side (on the one-thread kernels).
+struct CountingCpu : mm::CpuBackend<float> {
+  std::int64_t side_by_side = 0;
+  template <class U, class F>
+  void for_each_head(std::int64_t count, std::int64_t scratch, F&& body) {
+    std::atomic<std::int64_t> n{0};
+    mm::CpuBackend<float>::for_each_head<U>(count, scratch, [&](std::int64_t i, auto& ops, U* s) {
+      if constexpr (std::is_same_v<std::remove_cvref_t<decltype(ops)>, mm::cpu::OneThreadOps>) {
+        ++n;
+      }
+      body(i, ops, s);
+    });
+    side_by_side += n;
+  }
+};
 
 struct Case {
   const char* name;
@@ -55,7 +81,20 @@ struct Qkv {
   mm::Tensor<double> q, k, v;
 };
 
-Qkv random_qkv(const Core& core, std::int64_t n, std::uint64_t seed) {
+// t with every element converted to U.
+template <class U, class T>
+mm::Tensor<U> converted(const mm::Tensor<T>& t) {
+  mm::Tensor<U> out(t.rows(), t.cols());
+  for (std::int64_t i = 0; i < t.rows(); ++i) {
+    for (std::int64_t j = 0; j < t.cols(); ++j) {
+      out(i, j) = static_cast<U>(t(i, j));
+    }
+  }
+  return out;
+}
+
+template <class C>
+Qkv random_qkv(const C& core, std::int64_t n, std::uint64_t seed) {
   mm::Rng rng(seed);
   const auto& c = core.config();
   return {rng.normal_tensor<double>(n, c.q_width()),
@@ -91,11 +130,14 @@ TEST_CASE("CoreAttention matches a naive reference (RoPE, masks, GQA)", "[layers
   }
 }
 
-TEST_CASE("CoreAttention gradients match central differences", "[layers][cpu][grad]") {
-  Cpu b;
+TEMPLATE_TEST_CASE("CoreAttention gradients match central differences",
+                   "[layers][cpu][grad]",
+                   Cpu,
+                   InOrderCpu<double>) {
+  TestType b;
   for (const auto& c : cases()) {
     SECTION(c.name) {
-      const Core core(c.cfg);
+      const mm::CoreAttention<double, TestType> core(c.cfg);
       const auto& cfg = core.config();
       const std::int64_t n = 2 * kSeq;
       auto in = random_qkv(core, n, 2);
@@ -112,7 +154,7 @@ TEST_CASE("CoreAttention gradients match central differences", "[layers][cpu][gr
         }
         return s;
       };
-      Core::Saved saved;
+      typename mm::CoreAttention<double, TestType>::Saved saved;
       core.forward(b, in.q.view(), in.k.view(), in.v.view(), span_of(pos), mask, out.view(), saved);
       // Backward adds onto what the buffers hold.
       auto dq = rng.normal_tensor<double>(n, cfg.q_width());
@@ -135,6 +177,68 @@ TEST_CASE("CoreAttention gradients match central differences", "[layers][cpu][gr
       CHECK(ek < 1e-6);
       CHECK(ev < 1e-6);
     }
+  }
+}
+
+TEST_CASE("CoreAttention at a block's shape: heads side by side agree with heads in order",
+          "[layers][cpu]") {
+  // f32, d = 512, 8 heads of 64 (and GQA with 4 kv heads), two sequences of 96 tokens with image
+  // spans, tiles of 64 rows: the per-head products run on one thread each (where there are
+  // threads to share them out), against the in-order path and the double reference.
+  for (const std::int64_t kv_heads : {8, 4}) {
+    const mm::AttentionConfig cfg{.d = 512, .heads = 8, .kv_heads = kv_heads, .query_tile = 64};
+    const mm::CoreAttention<float, CountingCpu> side(cfg);
+    const mm::CoreAttention<float, InOrderCpu<float>> in_order(cfg);
+    const std::int64_t seq = 96;
+    const std::int64_t n = 2 * seq;
+    std::vector<mm::ModalityId> modality(static_cast<std::size_t>(n), 0);
+    for (std::int64_t i = 0; i < n; ++i) {
+      modality[static_cast<std::size_t>(i)] = (i % seq) >= 20 && (i % seq) < 70 ? 1 : 0;
+    }
+    const auto mask = mm::AttentionMask::image_bidirectional(seq, modality);
+    const auto pos = make_positions(n, seq, 5);
+    mm::Rng rng(21);
+    const auto& rc = side.config();
+    auto q = rng.normal_tensor<double>(n, rc.q_width());
+    auto k = rng.normal_tensor<double>(n, rc.kv_width());
+    auto v = rng.normal_tensor<double>(n, rc.kv_width());
+    auto dout = rng.normal_tensor<double>(n, rc.q_width());
+    const auto qf = converted<float>(q);
+    const auto kf = converted<float>(k);
+    const auto vf = converted<float>(v);
+    const auto doutf = converted<float>(dout);
+    const auto ref = reference_core(rc, q.clone(), k.clone(), v, pos, mask);
+
+    struct Result {
+      mm::Tensor<float> out, dq, dk, dv;
+    };
+    auto run = [&](auto& b, const auto& core) {
+      Result r{mm::Tensor<float>(n, rc.q_width()),
+               mm::Tensor<float>(n, rc.q_width()),
+               mm::Tensor<float>(n, rc.kv_width()),
+               mm::Tensor<float>(n, rc.kv_width())};
+      for (auto* t : {&r.dq, &r.dk, &r.dv}) {
+        t->fill(0.0f);
+      }
+      typename std::remove_cvref_t<decltype(core)>::Saved saved;
+      core.forward(b, qf.view(), kf.view(), vf.view(), span_of(pos), mask, r.out.view(), saved);
+      core.backward(b, saved, doutf.view(), r.dq.view(), r.dk.view(), r.dv.view());
+      return r;
+    };
+    CountingCpu bs;
+    InOrderCpu<float> bo;
+    const Result a = run(bs, side);
+    const Result o = run(bo, in_order);
+    INFO("kv_heads " << kv_heads);
+    if (bs.threads() > 1) {
+      REQUIRE(bs.side_by_side > 0);
+    }
+    CHECK(rel_error<double>(converted<double>(a.out).view(), ref.view()) < 1e-5);
+    CHECK(rel_error<double>(converted<double>(o.out).view(), ref.view()) < 1e-5);
+    CHECK(rel_error<float>(a.out.view(), o.out.view()) < 1e-5);
+    CHECK(rel_error<float>(a.dq.view(), o.dq.view()) < 1e-5);
+    CHECK(rel_error<float>(a.dk.view(), o.dk.view()) < 1e-5);
+    CHECK(rel_error<float>(a.dv.view(), o.dv.view()) < 1e-5);
   }
 }
 

@@ -15,6 +15,7 @@
 //   fill, copy, axpy, scale_rows, sigmoid, softmax_rows, swiglu, swiglu_backward
 //   rms_norm, layer_norm, cross_entropy (each with a _backward)  norms and the loss
 //   rope, masked_softmax_rows (each with a _backward)  attention
+//   for_each_head (optional: attention runs its heads in order without it)
 // The CPU backend (backend/cpu) is the reference; CUDA (backend/cuda) plugs in
 // without changing a layer.
 #pragma once

@@ -167,10 +167,29 @@ inline std::int64_t tile_keys(std::span<const std::int32_t> limit,
   return std::min(kc, keys);
 }
 
+// Runs body(i, ops, scratch) for i in [0, count), `scratch` being scratch_elems scalars of the
+// item's own and `ops` the kernels it calls (gemm, masked_softmax_rows and its backward). A
+// backend with for_each_head may run the items side by side (CpuBackend: one thread each);
+// otherwise they run in order on b, with scratch from its workspace.
+template <class B, class F>
+void for_each_head(B& b, std::int64_t count, std::int64_t scratch_elems, F&& body) {
+  using T = typename B::scalar;
+  if constexpr (requires { b.template for_each_head<T>(count, scratch_elems, body); }) {
+    b.template for_each_head<T>(count, scratch_elems, body);
+  } else {
+    auto frame = b.workspace().frame();
+    T* scratch = b.workspace().template take_span<T>(scratch_elems).data;
+    for (std::int64_t i = 0; i < count; ++i) {
+      body(i, b, scratch);
+    }
+  }
+}
+
 // out [n, H·dh] = for each head h: softmax(q_h k_g^T / √dh, row r over keys [0, limit[r])) v_g,
 // g = h / (H / Hkv), for the queries q [n, H·dh] of one sequence against its keys k, v
 // [m, Hkv·dh] (RoPE already applied). Query rows go by tiles, each over only the keys its rows
-// see, so a causal mask computes about half of the full score matrix.
+// see, so a causal mask computes about half of the full score matrix. Within a tile the heads
+// are independent items of for_each_head.
 template <class B>
 void attention_rows_forward(B& b,
                             const AttentionConfig& cfg,
@@ -190,8 +209,6 @@ void attention_rows_forward(B& b,
     return;
   }
   const std::int64_t tile = std::min(cfg.query_tile, n);
-  auto frame = b.workspace().frame();
-  auto scores = b.workspace().template take<T>(tile, std::max<std::int64_t>(k.rows, 1));
   for (std::int64_t t0 = 0; t0 < n; t0 += tile) {
     const std::int64_t rows = std::min(tile, n - t0);
     const std::int64_t kc = tile_keys(host_limit, t0, rows, k.rows);
@@ -200,32 +217,33 @@ void attention_rows_forward(B& b,
       b.fill(o_t, T{});
       continue;
     }
-    auto p = View<T, S>(scores.data, rows, kc);  // [rows, kc]
     auto q_t = q.row_block(t0, rows);
     auto lim = limit.subspan(t0, rows);
-    for (std::int64_t h = 0; h < cfg.heads; ++h) {
+    for_each_head(b, cfg.heads, rows * kc, [&](std::int64_t h, auto& ops, T* scratch) {
       const std::int64_t g = h / group;
-      b.gemm(p,
-             q_t.col_block(h * dh, dh),
-             Trans::no,
-             k.row_block(0, kc).col_block(g * dh, dh),
-             Trans::yes,
-             1.0,
-             0.0);
-      b.masked_softmax_rows(p, cview(p), lim, scale);
-      b.gemm(o_t.col_block(h * dh, dh),
-             cview(p),
-             Trans::no,
-             v.row_block(0, kc).col_block(g * dh, dh),
-             Trans::no,
-             1.0,
-             0.0);
-    }
+      auto p = View<T, S>(scratch, rows, kc);  // [rows, kc]
+      ops.gemm(p,
+               q_t.col_block(h * dh, dh),
+               Trans::no,
+               k.row_block(0, kc).col_block(g * dh, dh),
+               Trans::yes,
+               1.0,
+               0.0);
+      ops.masked_softmax_rows(p, cview(p), lim, scale);
+      ops.gemm(o_t.col_block(h * dh, dh),
+               cview(p),
+               Trans::no,
+               v.row_block(0, kc).col_block(g * dh, dh),
+               Trans::no,
+               1.0,
+               0.0);
+    });
   }
 }
 
 // Backward of attention_rows_forward, recomputing the probabilities tile by tile (nothing of
-// size [n, m] is kept): dq, dk, dv += the gradients, given dout.
+// size [n, m] is kept): dq, dk, dv += the gradients, given dout. The items of for_each_head are
+// the kv groups (the heads of a group add into the same dk, dv columns).
 template <class B>
 void attention_rows_backward(B& b,
                              const AttentionConfig& cfg,
@@ -248,47 +266,35 @@ void attention_rows_backward(B& b,
     return;
   }
   const std::int64_t tile = std::min(cfg.query_tile, n);
-  auto frame = b.workspace().frame();
-  auto p_buf = b.workspace().template take<T>(tile, std::max<std::int64_t>(k.rows, 1));
-  auto dp_buf = b.workspace().template take<T>(tile, std::max<std::int64_t>(k.rows, 1));
   for (std::int64_t t0 = 0; t0 < n; t0 += tile) {
     const std::int64_t rows = std::min(tile, n - t0);
     const std::int64_t kc = tile_keys(host_limit, t0, rows, k.rows);
     if (kc == 0) {
       continue;
     }
-    auto p = View<T, S>(p_buf.data, rows, kc);    // [rows, kc] probabilities
-    auto dp = View<T, S>(dp_buf.data, rows, kc);  // [rows, kc] dL/dP, then dL/dscores
     auto q_t = q.row_block(t0, rows);
     auto do_t = dout.row_block(t0, rows);
     auto dq_t = dq.row_block(t0, rows);
     auto lim = limit.subspan(t0, rows);
-    for (std::int64_t h = 0; h < cfg.heads; ++h) {
-      const std::int64_t g = h / group;
+    for_each_head(b, cfg.kv_heads, 2 * rows * kc, [&](std::int64_t g, auto& ops, T* scratch) {
+      auto p = View<T, S>(scratch, rows, kc);               // [rows, kc] probabilities
+      auto dp = View<T, S>(scratch + rows * kc, rows, kc);  // dL/dP, then dL/dscores
       auto k_g = k.row_block(0, kc).col_block(g * dh, dh);
       auto v_g = v.row_block(0, kc).col_block(g * dh, dh);
-      auto q_h = q_t.col_block(h * dh, dh);
-      auto do_h = do_t.col_block(h * dh, dh);
-      b.gemm(p, q_h, Trans::no, k_g, Trans::yes, 1.0, 0.0);
-      b.masked_softmax_rows(p, cview(p), lim, scale);
-      b.gemm(dp, do_h, Trans::no, v_g, Trans::yes, 1.0, 0.0);
-      b.gemm(dv.row_block(0, kc).col_block(g * dh, dh),
-             cview(p),
-             Trans::yes,
-             do_h,
-             Trans::no,
-             1.0,
-             1.0);
-      b.masked_softmax_rows_backward(dp, cview(p), cview(dp), lim, scale);
-      b.gemm(dq_t.col_block(h * dh, dh), cview(dp), Trans::no, k_g, Trans::no, 1.0, 1.0);
-      b.gemm(dk.row_block(0, kc).col_block(g * dh, dh),
-             cview(dp),
-             Trans::yes,
-             q_h,
-             Trans::no,
-             1.0,
-             1.0);
-    }
+      auto dk_g = dk.row_block(0, kc).col_block(g * dh, dh);
+      auto dv_g = dv.row_block(0, kc).col_block(g * dh, dh);
+      for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
+        auto q_h = q_t.col_block(h * dh, dh);
+        auto do_h = do_t.col_block(h * dh, dh);
+        ops.gemm(p, q_h, Trans::no, k_g, Trans::yes, 1.0, 0.0);
+        ops.masked_softmax_rows(p, cview(p), lim, scale);
+        ops.gemm(dp, do_h, Trans::no, v_g, Trans::yes, 1.0, 0.0);
+        ops.gemm(dv_g, cview(p), Trans::yes, do_h, Trans::no, 1.0, 1.0);
+        ops.masked_softmax_rows_backward(dp, cview(p), cview(dp), lim, scale);
+        ops.gemm(dq_t.col_block(h * dh, dh), cview(dp), Trans::no, k_g, Trans::no, 1.0, 1.0);
+        ops.gemm(dk_g, cview(dp), Trans::yes, q_h, Trans::no, 1.0, 1.0);
+      }
+    });
   }
 }
 

@@ -23,156 +23,17 @@ using mm::Trans;
 
 namespace {
 
+using mm::gemm_checks::at;
+using mm::gemm_checks::Case;
+using mm::gemm_checks::check_gemm_cases;
+using mm::gemm_checks::Grouped;
+using mm::gemm_checks::grouped_reference;
 using mm::gemm_checks::Padded;
 using mm::gemm_checks::random_padded;
-
-template <class T>
-double at(mm::View<const T> v, Trans t, std::int64_t i, std::int64_t j) {
-  return mm::scalar_cast<double>(t == Trans::no ? v(i, j) : v(j, i));
-}
-
-struct Reference {
-  std::vector<double> value;  // [m, n]
-  std::vector<double> bound;  // |alpha| sum |a||b| + |beta c0|: scale of the rounding error
-};
-
-// alpha op(a) op(b) + beta c0 in double (c0 is ignored when beta = 0).
-template <class T>
-Reference reference(mm::View<const T> c0,
-                    mm::View<const T> a,
-                    Trans ta,
-                    mm::View<const T> b,
-                    Trans tb,
-                    double alpha,
-                    double beta) {
-  const std::int64_t m = c0.rows;
-  const std::int64_t n = c0.cols;
-  const std::int64_t k = ta == Trans::no ? a.cols : a.rows;
-  Reference r{std::vector<double>(static_cast<std::size_t>(m * n)),
-              std::vector<double>(static_cast<std::size_t>(m * n))};
-  for (std::int64_t i = 0; i < m; ++i) {
-    for (std::int64_t j = 0; j < n; ++j) {
-      double s = 0.0;
-      double abs = 0.0;
-      for (std::int64_t l = 0; l < k; ++l) {
-        const double p = at(a, ta, i, l) * at(b, tb, l, j);
-        s += p;
-        abs += std::fabs(p);
-      }
-      const double c = beta == 0.0 ? 0.0 : beta * mm::scalar_cast<double>(c0(i, j));
-      r.value[static_cast<std::size_t>(i * n + j)] = alpha * s + c;
-      r.bound[static_cast<std::size_t>(i * n + j)] = std::fabs(alpha) * abs + std::fabs(c);
-    }
-  }
-  return r;
-}
-
-// Every element within the float rounding bound (K + 4) u of its reference.
-template <class T>
-void require_close(mm::View<const T> c,
-                   const Reference& r,
-                   std::int64_t k,
-                   const std::string& what) {
-  const double tol = static_cast<double>(k + 4) * 1.2e-7;
-  for (std::int64_t i = 0; i < c.rows; ++i) {
-    for (std::int64_t j = 0; j < c.cols; ++j) {
-      const auto idx = static_cast<std::size_t>(i * c.cols + j);
-      const double got = mm::scalar_cast<double>(c(i, j));
-      INFO(what << " at (" << i << ", " << j << "): got " << got << ", want " << r.value[idx]);
-      REQUIRE(std::fabs(got - r.value[idx]) <= tol * r.bound[idx] + 1e-30);
-    }
-  }
-}
-
-// The padding columns of `after` equal those of `before` (nothing written outside the view).
-template <class T>
-void require_padding_kept(const Padded<T>& after, const mm::Tensor<T>& before) {
-  for (std::int64_t i = 0; i < after.view.rows; ++i) {
-    for (std::int64_t j = after.view.cols; j < after.storage.cols(); ++j) {
-      REQUIRE(mm::scalar_cast<double>(after.storage(i, j)) ==
-              mm::scalar_cast<double>(before(i, j)));
-    }
-  }
-}
-
-struct Case {
-  std::int64_t m, k, n;
-};
-
-// Runs provider.gemm over transposes x (alpha, beta) x shapes with padded operands.
-template <class T, class G>
-void check_gemm_cases(G& provider, const std::vector<Case>& cases) {
-  const std::vector<std::pair<double, double>> scalars = {{1.0, 0.0}, {0.5, 1.0}, {-1.5, 0.25}};
-  std::uint64_t seed = 100;
-  for (const Case& s : cases) {
-    for (const Trans ta : {Trans::no, Trans::yes}) {
-      for (const Trans tb : {Trans::no, Trans::yes}) {
-        for (const auto& [alpha, beta] : scalars) {
-          auto a = ta == Trans::no ? random_padded<T>(s.m, s.k, 3, ++seed)
-                                   : random_padded<T>(s.k, s.m, 2, ++seed);
-          auto b = tb == Trans::no ? random_padded<T>(s.k, s.n, 1, ++seed)
-                                   : random_padded<T>(s.n, s.k, 5, ++seed);
-          auto c = random_padded<T>(s.m, s.n, 4, ++seed);
-          const auto before = c.storage.clone();
-          const Reference r = reference(mm::View<const T>(before.data(), s.m, s.n, before.cols()),
-                                        a.cview(),
-                                        ta,
-                                        b.cview(),
-                                        tb,
-                                        alpha,
-                                        beta);
-          provider.gemm(c.view, a.cview(), ta, b.cview(), tb, alpha, beta);
-          const std::string what =
-              "m=" + std::to_string(s.m) + " k=" + std::to_string(s.k) +
-              " n=" + std::to_string(s.n) + " ta=" + std::to_string(ta == Trans::yes) +
-              " tb=" + std::to_string(tb == Trans::yes) + " alpha=" + std::to_string(alpha) +
-              " beta=" + std::to_string(beta);
-          require_close(c.cview(), r, s.k, what);
-          require_padding_kept(c, before);
-        }
-      }
-    }
-  }
-}
-
-// Experts with rows [offsets[e], offsets[e+1]) of a; w stacks E blocks (op(W_e) is [k, n]).
-struct Grouped {
-  std::vector<std::int64_t> offsets;
-  std::int64_t k, n;
-};
-
-template <class T>
-Reference grouped_reference(mm::View<const T> c0,
-                            mm::View<const T> a,
-                            mm::View<const T> w,
-                            Trans tw,
-                            const std::vector<std::int64_t>& offsets,
-                            double alpha,
-                            double beta) {
-  const auto experts = static_cast<std::int64_t>(offsets.size()) - 1;
-  const std::int64_t block = w.rows / experts;
-  Reference r{std::vector<double>(static_cast<std::size_t>(c0.size())),
-              std::vector<double>(static_cast<std::size_t>(c0.size()))};
-  for (std::int64_t i = 0; i < c0.rows; ++i) {  // rows outside every segment stay as they are
-    for (std::int64_t j = 0; j < c0.cols; ++j) {
-      r.value[static_cast<std::size_t>(i * c0.cols + j)] = mm::scalar_cast<double>(c0(i, j));
-    }
-  }
-  for (std::int64_t e = 0; e < experts; ++e) {
-    const std::int64_t begin = offsets[static_cast<std::size_t>(e)];
-    const std::int64_t count = offsets[static_cast<std::size_t>(e + 1)] - begin;
-    const Reference re = reference(c0.row_block(begin, count),
-                                   a.row_block(begin, count),
-                                   Trans::no,
-                                   w.row_block(e * block, block),
-                                   tw,
-                                   alpha,
-                                   beta);
-    std::copy(re.value.begin(), re.value.end(), r.value.begin() + begin * c0.cols);
-    std::copy(re.bound.begin(), re.bound.end(), r.bound.begin() + begin * c0.cols);
-  }
-  return r;
-}
+using mm::gemm_checks::Reference;
+using mm::gemm_checks::reference;
+using mm::gemm_checks::require_close;
+using mm::gemm_checks::require_padding_kept;
 
 // bf16 inputs, products accumulated in float, the result rounded to bf16 once.
 std::vector<double> naive_bf16(mm::View<const mm::bf16> c0,

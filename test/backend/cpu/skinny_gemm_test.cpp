@@ -37,11 +37,9 @@ namespace {
 
 using mm::gemm_checks::Padded;
 using mm::gemm_checks::random_padded;
-
-struct Reference {
-  std::vector<double> value;  // [m, n]
-  std::vector<double> bound;  // |alpha| sum |a||w| + |beta c0|: scale of the rounding error
-};
+using mm::gemm_checks::Reference;
+using mm::gemm_checks::require_close;
+using mm::gemm_checks::require_padding_kept;
 
 // alpha a w + beta c0 in double over the stored values (bf16 weights: the rounded ones).
 template <class T, class TW>
@@ -66,37 +64,6 @@ Reference reference(
     }
   }
   return r;
-}
-
-// Within the float accumulation bound (K + 4) u, plus one bf16 rounding of the output where C
-// is bf16.
-template <class T>
-void require_close(mm::View<const T> c,
-                   const Reference& r,
-                   std::int64_t k,
-                   const std::string& what) {
-  const double tol = static_cast<double>(k + 4) * 1.2e-7;
-  const double out = std::is_same_v<T, mm::bf16> ? 0x1.0p-8 : 0.0;
-  for (std::int64_t i = 0; i < c.rows; ++i) {
-    for (std::int64_t j = 0; j < c.cols; ++j) {
-      const auto idx = static_cast<std::size_t>(i * c.cols + j);
-      const double got = mm::scalar_cast<double>(c(i, j));
-      INFO(what << " at (" << i << ", " << j << "): got " << got << ", want " << r.value[idx]);
-      REQUIRE(std::fabs(got - r.value[idx]) <=
-              tol * r.bound[idx] + out * std::fabs(r.value[idx]) + 1e-30);
-    }
-  }
-}
-
-// The padding columns of `after` equal those of `before` (nothing written outside the view).
-template <class T>
-void require_padding_kept(const Padded<T>& after, const mm::Tensor<T>& before) {
-  for (std::int64_t i = 0; i < after.view.rows; ++i) {
-    for (std::int64_t j = after.view.cols; j < after.storage.cols(); ++j) {
-      REQUIRE(mm::scalar_cast<double>(after.storage(i, j)) ==
-              mm::scalar_cast<double>(before(i, j)));
-    }
-  }
 }
 
 // W in the panel layout (pack_skinny_panels), for the overload of skinny_gemm that streams it.

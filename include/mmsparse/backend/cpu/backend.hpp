@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <exception>
 #include <optional>
 #include <span>
 #include <vector>
@@ -26,6 +27,7 @@
 #include <mmsparse/backend/cpu/gather_scatter.hpp>
 #include <mmsparse/backend/cpu/loss.hpp>
 #include <mmsparse/backend/cpu/norm.hpp>
+#include <mmsparse/backend/cpu/one_thread_ops.hpp>
 #include <mmsparse/backend/cpu/router_kernels.hpp>
 #include <mmsparse/backend/cpu/skinny_gemm.hpp>
 #include <mmsparse/backend/cpu/skinny_gemm_transposed.hpp>
@@ -466,6 +468,41 @@ class CpuBackend {
   void masked_softmax_rows_backward(
       View<U> dx, View<const U> y, View<const U> dy, Span<const std::int32_t> limit, double scale) {
     cpu::masked_softmax_rows_backward(dx, y, dy, limit, scale);
+  }
+
+  // Runs body(i, ops, scratch) for each i in [0, count), scratch being scratch_elems Us of the
+  // running thread's own. With at least as many items as threads, each item's scratch within
+  // cpu::head_scratch_max_bytes, the items are shared out among the threads, one thread each,
+  // ops being cpu::OneThreadOps; otherwise they run in order with ops = *this, whose kernels use
+  // every thread. Items must write disjoint outputs. Attention runs its heads (kv groups) this
+  // way: over 128 tokens the heads side by side take half the time (docs/benchmarks.md).
+  template <class U, class F>
+  void for_each_head(std::int64_t count, std::int64_t scratch_elems, F&& body) {
+#if defined(_OPENMP)
+    if (count >= threads() && threads() > 1 && !omp_in_parallel() &&
+        scratch_elems * static_cast<std::int64_t>(sizeof(U)) <= cpu::head_scratch_max_bytes) {
+      std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 1)
+      for (std::int64_t i = 0; i < count; ++i) {
+        try {
+          cpu::OneThreadOps ops;
+          body(i, ops, cpu::thread_scratch<U>(scratch_elems));
+        } catch (...) {
+#pragma omp critical(mmsparse_for_each_head)
+          if (!error) {
+            error = std::current_exception();
+          }
+        }
+      }
+      if (error) {
+        std::rethrow_exception(error);
+      }
+      return;
+    }
+#endif
+    for (std::int64_t i = 0; i < count; ++i) {
+      body(i, *this, cpu::thread_scratch<U>(scratch_elems));
+    }
   }
 
  private:
