@@ -6,7 +6,11 @@
 // projections + 4·dh·H·pairs; backward = 2 × projections + 2.5 × the attention forward (scores are
 // recomputed, then dP, dV, dQ, dK), as FlashAttention counts. BM_core_attention_* time the core
 // alone (no projections); the image-span mask runs the Transfusion setting with half the tokens
-// in 256-token images.
+// in 256-token images. BM_core_attention_heads runs the core's forward + backward with the heads
+// side by side where CpuBackend::for_each_head shares them out, paired with the same step on a
+// backend that runs them in order (each head's products over every thread): ratio_wall is the
+// first's time over the second's in the same iterations.
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -26,6 +30,12 @@ namespace {
 
 using Cpu = mm::CpuBackend<float>;
 using Attn = mm::Attention<float, Cpu>;
+
+// The CPU backend with attention's heads in order (the generic path of detail::for_each_head).
+struct InOrderCpu : Cpu {
+  template <class U, class F>
+  void for_each_head(std::int64_t, std::int64_t, F&&) = delete;
+};
 
 mm::AttentionConfig config() {
   return {.d = 512, .heads = 8, .qk_norm = mm::QkNorm::rms_norm, .seed = 1};
@@ -126,6 +136,50 @@ void BM_core_attention_forward(benchmark::State& state) {
   set_counters(state, in.n, core.flops(mask, in.n));
 }
 
+// One forward + backward of the core on backend B; returns its wall time in seconds.
+template <class B>
+class CoreStep {
+ public:
+  CoreStep(const Inputs& in, const mm::Tensor<float>& q) : core_(config()), in_(in), q_(q) {}
+  double operator()() {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto mask = in_.mask(false);
+    core_.forward(b_, q_.view(), q_.view(), q_.view(), in_.pos(), mask, out_.view(), saved_);
+    core_.backward(b_, saved_, q_.view(), dq_.view(), dk_.view(), dv_.view());
+    benchmark::DoNotOptimize(dq_.data());
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+ private:
+  B b_;
+  mm::CoreAttention<float, B> core_;
+  const Inputs& in_;
+  const mm::Tensor<float>& q_;
+  mm::Tensor<float> out_{in_.n, 512}, dq_{in_.n, 512}, dk_{in_.n, 512}, dv_{in_.n, 512};
+  typename mm::CoreAttention<float, B>::Saved saved_;
+};
+
+void BM_core_attention_heads(benchmark::State& state) {
+  Inputs in(state.range(0));
+  mm::Tensor<float> q(in.n, 512);
+  fill(q, 7);
+  CoreStep<Cpu> side(in, q);
+  CoreStep<InOrderCpu> in_order(in, q);
+  side();
+  in_order();
+  double mine = 0;
+  double theirs = 0;
+  for (auto _ : state) {
+    const double t = side();
+    state.SetIterationTime(t);
+    mine += t;
+    theirs += in_order();
+  }
+  const mm::CoreAttention<float, Cpu> core(config());
+  set_counters(state, in.n, 3.5 * core.flops(in.mask(false), in.n));
+  state.counters["ratio_wall"] = mine / theirs;
+}
+
 void register_all() {
   for (const bool images : {false, true}) {
     const std::string suffix = images ? "_image_spans" : "";
@@ -148,6 +202,14 @@ void register_all() {
       ->Arg(1024)
       ->Arg(2048)
       ->Arg(4096);
+  benchmark::RegisterBenchmark("BM_core_attention_heads", BM_core_attention_heads)
+      ->Unit(benchmark::kMillisecond)
+      ->UseManualTime()
+      ->Arg(128)
+      ->Arg(256)
+      ->Arg(512)
+      ->Arg(1024)
+      ->Arg(2048);
 }
 
 }  // namespace

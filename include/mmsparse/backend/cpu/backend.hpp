@@ -470,11 +470,12 @@ class CpuBackend {
     cpu::masked_softmax_rows_backward(dx, y, dy, limit, scale);
   }
 
-  // Runs body(i, ops, scratch) for each i in [0, count), scratch being scratch_elems Us of the
-  // running thread's own. With at least as many items as threads, each item's scratch within
+  // Runs body(i, ops, scratch) for each i in [0, count), scratch being scratch_elems Us that no
+  // other running item touches. With at least as many items as threads, each item's scratch within
   // cpu::head_scratch_max_bytes, the items are shared out among the threads, one thread each,
-  // ops being cpu::OneThreadOps; otherwise they run in order with ops = *this, whose kernels use
-  // every thread. Items must write disjoint outputs. Attention runs its heads (kv groups) this
+  // ops being cpu::OneThreadOps and scratch the thread's (cpu::thread_scratch); otherwise they
+  // run in order with ops = *this, whose kernels use every thread, and scratch from the
+  // workspace. Items must write disjoint outputs. Attention runs its heads (kv groups) this
   // way: over 128 tokens the heads side by side take half the time (docs/benchmarks.md).
   template <class U, class F>
   void for_each_head(std::int64_t count, std::int64_t scratch_elems, F&& body) {
@@ -500,8 +501,10 @@ class CpuBackend {
       return;
     }
 #endif
+    auto frame = workspace_.frame();
+    U* scratch = workspace_.template take_span<U>(scratch_elems).data;
     for (std::int64_t i = 0; i < count; ++i) {
-      body(i, *this, cpu::thread_scratch<U>(scratch_elems));
+      body(i, *this, scratch);
     }
   }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -16,6 +17,7 @@
 #include <mmsparse/backend/cpu/attention.hpp>
 #include <mmsparse/backend/cpu/eigen_gemm.hpp>
 #include <mmsparse/core/error.hpp>
+#include <mmsparse/core/tensor.hpp>
 #include <mmsparse/core/view.hpp>
 #if defined(MMSPARSE_WITH_ONEDNN)
 #include <oneapi/dnnl/dnnl.hpp>
@@ -98,14 +100,30 @@ struct OneThreadOps {
   }
 };
 
-// `count` Us of the calling thread's own that only grow: a steady-state call allocates nothing.
+// `count` Us of the calling thread's own, aligned as a workspace slice (256 bytes), that only
+// grow: a steady-state call allocates nothing.
 template <class U>
 U* thread_scratch(std::int64_t count) {
-  thread_local std::vector<U> buffer;
-  if (static_cast<std::int64_t>(buffer.size()) < count) {
-    buffer.resize(static_cast<std::size_t>(count));
+  struct Buffer {
+    void* data = nullptr;
+    std::size_t bytes = 0;
+    Buffer() = default;
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    ~Buffer() {
+      SpaceAllocator<host_space>::deallocate(data);
+    }
+  };
+  thread_local Buffer buffer;
+  const std::size_t bytes = static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * sizeof(U);
+  if (bytes > buffer.bytes) {
+    SpaceAllocator<host_space>::deallocate(buffer.data);
+    buffer.data = nullptr;
+    buffer.bytes = 0;
+    buffer.data = SpaceAllocator<host_space>::allocate(bytes);
+    buffer.bytes = bytes;
   }
-  return buffer.data();
+  return static_cast<U*>(buffer.data);
 }
 
 }  // namespace mmsparse::cpu
