@@ -57,12 +57,13 @@ struct Reference {
   std::vector<double> bound;  // |alpha| sum |a||b| + |beta c0|: scale of the rounding error
 };
 
-// alpha op(a) op(b) + beta c0 in double (c0 is ignored when beta = 0).
-template <class T>
+// alpha op(a) op(b) + beta c0 in double over the stored values (c0 is ignored when beta = 0; b
+// may hold another type, e.g. bf16 weights).
+template <class T, class TB>
 Reference reference(View<const T> c0,
                     View<const T> a,
                     Trans ta,
-                    View<const T> b,
+                    View<const TB> b,
                     Trans tb,
                     double alpha,
                     double beta) {

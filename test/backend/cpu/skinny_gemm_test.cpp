@@ -45,25 +45,7 @@ using mm::gemm_checks::require_padding_kept;
 template <class T, class TW>
 Reference reference(
     mm::View<const T> c0, mm::View<const T> a, mm::View<const TW> w, double alpha, double beta) {
-  const std::int64_t m = c0.rows;
-  const std::int64_t n = c0.cols;
-  Reference r{std::vector<double>(static_cast<std::size_t>(m * n)),
-              std::vector<double>(static_cast<std::size_t>(m * n))};
-  for (std::int64_t i = 0; i < m; ++i) {
-    for (std::int64_t j = 0; j < n; ++j) {
-      double s = 0.0;
-      double abs = 0.0;
-      for (std::int64_t l = 0; l < a.cols; ++l) {
-        const double p = mm::scalar_cast<double>(a(i, l)) * mm::scalar_cast<double>(w(l, j));
-        s += p;
-        abs += std::fabs(p);
-      }
-      const double c = beta == 0.0 ? 0.0 : beta * mm::scalar_cast<double>(c0(i, j));
-      r.value[static_cast<std::size_t>(i * n + j)] = alpha * s + c;
-      r.bound[static_cast<std::size_t>(i * n + j)] = std::fabs(alpha) * abs + std::fabs(c);
-    }
-  }
-  return r;
+  return mm::gemm_checks::reference(c0, a, Trans::no, w, Trans::no, alpha, beta);
 }
 
 // W in the panel layout (pack_skinny_panels), for the overload of skinny_gemm that streams it.
