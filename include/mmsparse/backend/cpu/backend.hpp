@@ -476,7 +476,8 @@ class CpuBackend {
   // ops being cpu::OneThreadOps and scratch the thread's (cpu::thread_scratch); otherwise they
   // run in order with ops = *this, whose kernels use every thread, and scratch from the
   // workspace. Items must write disjoint outputs. Attention runs its heads (kv groups) this
-  // way: over 128 tokens the heads side by side take half the time (docs/benchmarks.md).
+  // way: over 128 tokens the heads side by side take 0.55-0.72 of the time of heads in order
+  // (docs/benchmarks.md, "Attention heads side by side").
   template <class U, class F>
   void for_each_head(std::int64_t count, std::int64_t scratch_elems, F&& body) {
 #if defined(_OPENMP)

@@ -3,9 +3,9 @@
 // The kernels of one attention head (MoT §2.2 Eq. 3: the score and value products, the masked
 // softmax and its backward), each on the calling thread alone: what CpuBackend::for_each_head
 // hands to the heads it runs side by side. A head's products at a few hundred tokens are too
-// small to split over threads well (docs/benchmarks.md, "Attention"), so the threads take
-// whole heads instead. Products: oneDNN's sgemm for f32 where found, else Eigen; both run on
-// one thread inside a parallel region, as do the softmax kernels.
+// small to split over threads well (docs/benchmarks.md, "Attention heads side by side"), so the
+// threads take whole heads instead. Products: oneDNN's sgemm for f32 where found, else Eigen; both
+// run on one thread inside a parallel region, as do the softmax kernels.
 #pragma once
 
 #include <algorithm>
