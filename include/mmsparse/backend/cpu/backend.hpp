@@ -97,16 +97,11 @@ class CpuBackend {
   // ---- matrix products ----------------------------------------------------
 
   // Most rows of A (not transposed) the skinny kernels take from this backend: up to
-  // skinny_lane_max_rows over f32 weights (the lane walk beats the provider there,
-  // docs/benchmarks.md), skinny_max_rows otherwise and where the provider's vectors are twice the
-  // kernel's width (AVX-512).
+  // skinny_lane_max_rows over f32 weights (the lane walk beats the provider there, with AVX2 and
+  // with AVX-512 alike: docs/benchmarks.md), skinny_max_rows otherwise.
   template <class U>
   static constexpr std::int64_t skinny_rows =
-#if defined(__AVX512F__)
-      cpu::skinny_max_rows;
-#else
       std::is_same_v<U, float> ? cpu::skinny_lane_max_rows : cpu::skinny_max_rows;
-#endif
 
   // C = alpha * op(A) op(B) + beta * C. At most skinny_rows<U> rows of A (not transposed) times
   // B (not transposed), f32 or bf16: the skinny kernel, which streams B once (decode).

@@ -2,7 +2,8 @@
 //
 // GEMM provider on oneDNN 2.x matmul: C = alpha op(A) op(B) + beta C on strided row-major views.
 // f32 on oneDNN; bf16 on oneDNN (fp32 accumulation) where the CPU has it, else widened to f32;
-// f64 on Eigen. grouped_gemm packs each weight block once and reuses it until weights_updated().
+// f64 on Eigen. grouped_gemm multiplies copies of its weight blocks where they pay (PackMode),
+// reused until weights_updated().
 // Every oneDNN call lives in backend/cpu/onednn_*.hpp (internals: onednn_detail.hpp; machine
 // report: onednn_info.hpp; docs/design.md, "CPU GEMM provider").
 #pragma once
@@ -39,8 +40,9 @@ namespace mmsparse::cpu {
 
 // What grouped_gemm does with its weight operand.
 enum class PackMode {
-  automatic,  // pack where oneDNN prefers a blocked layout (AVX-512, AMX), bf16 must be widened,
-              // or the row stride is a multiple of 1 KB (a copy with a padded stride)
+  automatic,  // pack where oneDNN prefers a blocked layout (AVX-512, AMX: on a block's second
+              // use between weights_updated() calls), bf16 must be widened, or the row stride is
+              // a multiple of 1 KB (a copy with a padded stride)
   always,     // always multiply a provider-owned copy (also in the plain layout)
   never,      // keep no copy: the plain product (which may copy A or B for the call)
 };
@@ -167,7 +169,7 @@ class OnednnGemm {
       }
       const std::int64_t block = w.rows / blocks;
       for (std::int64_t e = 0; e < blocks && !w.empty(); ++e) {
-        (void)pack_for(w.row_block(e * block, block), tw, onednn_detail::copy_pays_rows);
+        (void)pack_for(w.row_block(e * block, block), tw, onednn_detail::copy_pays_rows, true);
       }
     }
   }
@@ -399,12 +401,14 @@ class OnednnGemm {
 
   // The packed copy of weight block w (op(w) is [k, n]) for a product of `rows` rows, rewritten
   // if stale. A stale restrided copy is rewritten only when the product has copy_pays_rows rows
-  // or the block was already used since weights_updated(): a training step, which multiplies each
-  // block once per orientation between updates, reads a few rows' weights in place (p.valid is
-  // then false), while inference and decode, which come back to the same weights, copy them on
-  // their second use.
+  // or the block was already used since weights_updated(), and a stale blocked one (automatic)
+  // only on such a second use or `ahead` (pack_weights): a training step, which multiplies each
+  // block once per orientation between updates, reads the weights in place (p.valid is then
+  // false), while inference and decode, which come back to the same weights, pack them on their
+  // second use. (Reordering every step cost a 4t4i block's training step 16 % on AVX-512,
+  // docs/design.md.)
   template <class T>
-  Pack& pack_for(View<const T> w, Trans tw, std::int64_t rows) {
+  Pack& pack_for(View<const T> w, Trans tw, std::int64_t rows, bool ahead = false) {
     constexpr dtype type = onednn_detail::data_type<T>();
     const auto ow = onednn_detail::operand(w, tw);
     const onednn_detail::PackKey key{w.data, w.rows, w.cols, w.stride, tw, type};
@@ -442,7 +446,9 @@ class OnednnGemm {
       ++stats_.pack_hits;
       return p;
     }
-    if (p.kind == PackKind::restrided && rows < onednn_detail::copy_pays_rows && !used_this_epoch) {
+    const bool first_use = !used_this_epoch && !ahead;
+    if ((p.kind == PackKind::restrided && rows < onednn_detail::copy_pays_rows && first_use) ||
+        (p.kind == PackKind::reordered && options_.pack == PackMode::automatic && first_use)) {
       p.valid = false;
       return p;
     }
@@ -476,7 +482,7 @@ class OnednnGemm {
       return;
     }
     const Pack& p = pack_for(w, tw, c.rows);
-    if (p.kind == PackKind::identity || (p.kind == PackKind::restrided && !p.valid)) {
+    if (p.kind == PackKind::identity || (p.kind != PackKind::widened && !p.valid)) {
       plain_gemm(c, a, Trans::no, w, tw, alpha, beta);
     } else if (p.kind == PackKind::widened) {
       if constexpr (std::is_same_v<T, bf16>) {
