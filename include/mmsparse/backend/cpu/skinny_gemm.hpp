@@ -296,6 +296,40 @@ void lane_kernel(float* acc,
                  std::int64_t kc,
                  const float* ahead = nullptr) {
   constexpr int mp = 8 * MV;
+#if defined(__AVX512F__)
+  if constexpr (MV == 2) {
+    // The 16 rows in the lanes of one 512-bit vector: half the broadcasts and FMA instructions of
+    // two 256-bit ones, each output the same FMA chain (docs/design.md, "Small M").
+    __m512 c[NC];
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) {
+      c[j] = accumulate ? _mm512_loadu_ps(acc + j * mp) : _mm512_setzero_ps();
+    }
+    for (std::int64_t k = 0; k < kc; ++k) {
+      if constexpr (Walk == LaneWalk::rows) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + lane_prefetch_bytes,
+                     _MM_HINT_T0);
+      } else if (ahead != nullptr && (k & 15) == 0) {
+#pragma GCC unroll 16
+        for (int j = 0; j < NC; ++j) {
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + j * ldw + k), _MM_HINT_T1);
+        }
+      }
+      __m512 a = _mm512_loadu_ps(at + k * mp);
+      asm("" : "+v"(a));  // loaded once per k
+#pragma GCC unroll 16
+      for (int j = 0; j < NC; ++j) {
+        const float* wj = Walk == LaneWalk::rows ? w + k * ldw + j : w + j * ldw + k;
+        c[j] = _mm512_fmadd_ps(a, _mm512_set1_ps(*wj), c[j]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) {
+      _mm512_storeu_ps(acc + j * mp, c[j]);
+    }
+    return;
+  }
+#endif
   __m256 c[NC][MV];  // every loop below is unrolled, so that c stays in registers
 #pragma GCC unroll 16
   for (int j = 0; j < NC; ++j) {
