@@ -307,8 +307,7 @@ void lane_kernel(float* acc,
     }
     for (std::int64_t k = 0; k < kc; ++k) {
       if constexpr (Walk == LaneWalk::rows) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + lane_prefetch_bytes,
-                     _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + lane_prefetch_bytes, _MM_HINT_T0);
       } else if (ahead != nullptr && (k & 15) == 0) {
 #pragma GCC unroll 16
         for (int j = 0; j < NC; ++j) {
