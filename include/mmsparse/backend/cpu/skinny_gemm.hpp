@@ -284,6 +284,20 @@ inline constexpr int lane_prefetch_bytes = 256;   // W is prefetched this far ah
 enum class LaneWalk { rows, transposed };
 
 #if defined(__AVX2__) && defined(__FMA__)
+// The lane kernel's prefetch at step k: row k of W lane_prefetch_bytes ahead into L1 (rows), or
+// every 16 k a line of each of the NC rows of the next tile into L2 (transposed, `ahead`).
+template <int NC, LaneWalk Walk>
+inline void lane_prefetch(const float* w, std::int64_t ldw, std::int64_t k, const float* ahead) {
+  if constexpr (Walk == LaneWalk::rows) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + lane_prefetch_bytes, _MM_HINT_T0);
+  } else if (ahead != nullptr && (k & 15) == 0) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + j * ldw + k), _MM_HINT_T1);
+    }
+  }
+}
+
 // acc [NC][8 MV] (+)= A [8 MV, kc] W [kc, NC], the rows of A in the lanes of MV vectors (at is
 // A^T, [kc][8 MV]) and column j of the tile in acc + 8 MV j. Per k, each of the NC elements of W
 // is broadcast once and multiplies all the rows: W is read once, in its own order.
@@ -306,14 +320,7 @@ void lane_kernel(float* acc,
       c[j] = accumulate ? _mm512_loadu_ps(acc + j * mp) : _mm512_setzero_ps();
     }
     for (std::int64_t k = 0; k < kc; ++k) {
-      if constexpr (Walk == LaneWalk::rows) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + lane_prefetch_bytes, _MM_HINT_T0);
-      } else if (ahead != nullptr && (k & 15) == 0) {
-#pragma GCC unroll 16
-        for (int j = 0; j < NC; ++j) {
-          _mm_prefetch(reinterpret_cast<const char*>(ahead + j * ldw + k), _MM_HINT_T1);
-        }
-      }
+      lane_prefetch<NC, Walk>(w, ldw, k, ahead);
       __m512 a = _mm512_loadu_ps(at + k * mp);
       asm("" : "+v"(a));  // loaded once per k
 #pragma GCC unroll 16
@@ -338,14 +345,7 @@ void lane_kernel(float* acc,
     }
   }
   for (std::int64_t k = 0; k < kc; ++k) {
-    if constexpr (Walk == LaneWalk::rows) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + k * ldw) + lane_prefetch_bytes, _MM_HINT_T0);
-    } else if (ahead != nullptr && (k & 15) == 0) {
-#pragma GCC unroll 16
-      for (int j = 0; j < NC; ++j) {
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + j * ldw + k), _MM_HINT_T1);
-      }
-    }
+    lane_prefetch<NC, Walk>(w, ldw, k, ahead);
     __m256 a[MV];
 #pragma GCC unroll 4
     for (int v = 0; v < MV; ++v) {
