@@ -34,6 +34,24 @@ function(mmsparse_target_warnings target)
   mmsparse_target_standard(${target})
 endfunction()
 
+# g++ with AVX-512 enabled builds some vector constants wrong: g++ 12.2 at -O2 and
+# above turns std::vector<std::int64_t>{8, 8, 8, 0} into a broadcast of 8, four
+# eights (SLP vectorizer; test/core/codegen_test.cpp). Where -march=native turns
+# AVX-512 on, g++ gets -fno-tree-slp-vectorize with it (later g++ versions were
+# not checked, so they get it too). MMSPARSE_NATIVE_FLAGS: the flags for CXX.
+set(MMSPARSE_NATIVE_FLAGS -march=native)
+if(MMSPARSE_NATIVE AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  include(CheckCXXSourceCompiles)
+  set(CMAKE_REQUIRED_FLAGS -march=native)
+  check_cxx_source_compiles(
+    "#if !defined(__AVX512F__)\n#error no AVX-512\n#endif\nint main() { return 0; }"
+    MMSPARSE_NATIVE_HAS_AVX512)
+  unset(CMAKE_REQUIRED_FLAGS)
+  if(MMSPARSE_NATIVE_HAS_AVX512)
+    list(APPEND MMSPARSE_NATIVE_FLAGS -fno-tree-slp-vectorize)
+  endif()
+endif()
+
 # MMSPARSE_NATIVE: bench and examples get -O3 -march=native (Eigen vectorises
 # only for the ISA it is compiled for); tests get -march=native in Release so
 # they exercise the same code paths. Kind: BENCH, EXAMPLE or TEST.
@@ -41,15 +59,16 @@ function(mmsparse_target_native target kind)
   if(NOT MMSPARSE_NATIVE)
     return()
   endif()
+  string(REPLACE ";" "," cuda_host "${MMSPARSE_NATIVE_FLAGS}")
   if(kind STREQUAL "TEST")
     target_compile_options(${target} PRIVATE
-      $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CXX>>:-march=native>
-      $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CUDA>>:-Xcompiler=-march=native>)
+      "$<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CXX>>:${MMSPARSE_NATIVE_FLAGS}>"
+      $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CUDA>>:-Xcompiler=${cuda_host}>)
   else()
     target_compile_options(${target} PRIVATE
       $<$<AND:$<NOT:$<CONFIG:Debug>>,$<COMPILE_LANGUAGE:CXX>>:-O3>
-      $<$<COMPILE_LANGUAGE:CXX>:-march=native>
-      $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-march=native>)
+      "$<$<COMPILE_LANGUAGE:CXX>:${MMSPARSE_NATIVE_FLAGS}>"
+      $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=${cuda_host}>)
   endif()
 endfunction()
 
