@@ -4,8 +4,9 @@
 // c = 0.25 and 0.125, token-choice top-2) at d = 512, 8 heads, S tokens of one sequence (half
 // text, half image in runs): forward and forward + backward tokens/s, each against the dense
 // block of equal active FLOPs run alternately with it in the same iterations (ratio_cpu,
-// ratio_wall), and decode tokens/s with the KV cache (aux routing). Post-norm (Chameleon), QK-norm,
-// SwiGLU f = 1536, float.
+// ratio_wall), and decode tokens/s with the KV cache (aux routing); for MoD, the dense and the MoMa
+// 4t4i block on just the c S tokens it keeps show what its routing costs. Post-norm (Chameleon),
+// QK-norm, SwiGLU f = 1536, float.
 #include <chrono>
 #include <cstdint>
 #include <ctime>
@@ -327,6 +328,12 @@ void register_all() {
         reg("dense_on_kept" + cap, [=](benchmark::State& s) {
           const auto kept = static_cast<std::int64_t>(c * static_cast<double>(n));
           bm_block<Dense>(s, *dense, dense, n, bw, c * 1.05, kept);
+        });
+        // The MoD layer's inner block alone over as many tokens (half of them image): what MoD
+        // costs with free routing, its experts taking c S / 8 tokens each.
+        reg("moma4t4i_on_kept" + cap, [=](benchmark::State& s) {
+          const auto kept = static_cast<std::int64_t>(c * static_cast<double>(n));
+          bm_block<Moma4t4i>(s, moma_config(), dense, n, bw, c * 1.05, kept);
         });
       }
       reg("top2",
