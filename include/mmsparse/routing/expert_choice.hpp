@@ -11,9 +11,7 @@
 #include <cstdint>
 #include <numeric>
 #include <span>
-#include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include <mmsparse/backend/concepts.hpp>
@@ -23,6 +21,7 @@
 #include <mmsparse/core/error.hpp>
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/routing/concepts.hpp>
+#include <mmsparse/routing/flat_router.hpp>
 #include <mmsparse/routing/logits.hpp>
 #include <mmsparse/routing/plan.hpp>
 #include <mmsparse/routing/validate.hpp>
@@ -223,14 +222,7 @@ struct ExpertChoice {
 
   template <backend B>
   [[nodiscard]] plan_t<B> route(B& b, const RouteArgs<B>& args, Saved<B>& saved) const {
-    const std::string op = std::string(name) + "::route";
-    check_route_args(b, op, args, router_columns(args.experts_per_group));
-    check_single_group(op, args.experts_per_group);
-    check_experts(op, args.experts_per_group[0]);
-    Saved<B> s;
-    plan_t<B> plan = route_rows(b, flat_rows(name, args, cfg.gumbel), s);
-    saved = std::move(s);
-    return plan;
+    return detail::flat_route(*this, b, args, saved);
   }
 
   template <backend B>
@@ -239,22 +231,7 @@ struct ExpertChoice {
                 const Saved<B>& saved,
                 Span<const router_scalar_t<B>, typename B::space> dgate,
                 const RouterGrads<B>& grads) const {
-    const std::string op = std::string(name) + "::backward";
-    check_saved_tokens(op, args, saved.score.rows());
-    const std::int64_t columns = saved.score.cols();
-    MMSPARSE_CHECK(args.router_weight.cols == columns,
-                   op,
-                   "router_weight",
-                   "the " + std::to_string(columns) + " columns of route",
-                   args.router_weight.cols);
-    check_router_grads(op, args, dgate, saved.offsets.back(), grads, columns);
-    backward_rows(b,
-                  flat_rows(name, args, cfg.gumbel),
-                  saved,
-                  dgate,
-                  grads.dx,
-                  grads.drouter_weight,
-                  grads.aux_scale);
+    detail::flat_backward(*this, b, args, saved, saved.score.shape(), dgate, grads);
   }
 
   // Routes a set of rows (the building block of ModalityAware); arguments already checked.

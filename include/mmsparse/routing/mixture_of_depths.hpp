@@ -10,9 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
-#include <string>
 #include <string_view>
-#include <utility>
 
 #include <mmsparse/backend/concepts.hpp>
 #if !defined(__CUDACC__)  // the CPU backend (Eigen) stays out of nvcc translation units
@@ -22,6 +20,7 @@
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/routing/concepts.hpp>
 #include <mmsparse/routing/expert_choice.hpp>
+#include <mmsparse/routing/flat_router.hpp>
 #include <mmsparse/routing/logits.hpp>
 #include <mmsparse/routing/plan.hpp>
 #include <mmsparse/routing/validate.hpp>
@@ -58,14 +57,7 @@ struct MixtureOfDepths {
 
   template <backend B>
   [[nodiscard]] plan_t<B> route(B& b, const RouteArgs<B>& args, Saved<B>& saved) const {
-    const std::string op = std::string(name) + "::route";
-    check_route_args(b, op, args, router_columns(args.experts_per_group));
-    check_single_group(op, args.experts_per_group);
-    check_experts(op, args.experts_per_group[0]);
-    Saved<B> s;
-    plan_t<B> plan = route_rows(b, flat_rows(name, args, cfg.gumbel), s);
-    saved = std::move(s);
-    return plan;
+    return detail::flat_route(*this, b, args, saved);
   }
 
   template <backend B>
@@ -74,18 +66,7 @@ struct MixtureOfDepths {
                 const Saved<B>& saved,
                 Span<const router_scalar_t<B>, typename B::space> dgate,
                 const RouterGrads<B>& grads) const {
-    const std::string op = std::string(name) + "::backward";
-    check_saved_tokens(op, args, saved.score.rows());
-    MMSPARSE_CHECK(
-        args.router_weight.cols == 1, op, "router_weight", "1 column", args.router_weight.cols);
-    check_router_grads(op, args, dgate, saved.offsets.back(), grads, 1);
-    backward_rows(b,
-                  flat_rows(name, args, cfg.gumbel),
-                  saved,
-                  dgate,
-                  grads.dx,
-                  grads.drouter_weight,
-                  grads.aux_scale);
+    detail::flat_backward(*this, b, args, saved, saved.score.shape(), dgate, grads);
   }
 
   template <backend B>

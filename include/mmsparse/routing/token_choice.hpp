@@ -15,7 +15,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include <mmsparse/backend/concepts.hpp>
@@ -26,6 +25,7 @@
 #include <mmsparse/core/math.hpp>
 #include <mmsparse/routing/aux_losses.hpp>
 #include <mmsparse/routing/concepts.hpp>
+#include <mmsparse/routing/flat_router.hpp>
 #include <mmsparse/routing/logits.hpp>
 #include <mmsparse/routing/plan.hpp>
 #include <mmsparse/routing/validate.hpp>
@@ -86,14 +86,7 @@ struct TokenChoice {
 
   template <backend B>
   [[nodiscard]] plan_t<B> route(B& b, const RouteArgs<B>& args, Saved<B>& saved) const {
-    const std::string op = std::string(name) + "::route";
-    check_route_args(b, op, args, router_columns(args.experts_per_group));
-    check_single_group(op, args.experts_per_group);
-    check_experts(op, args.experts_per_group[0]);
-    Saved<B> s;
-    plan_t<B> plan = route_rows(b, flat_rows(name, args, cfg.gumbel), s);
-    saved = std::move(s);
-    return plan;
+    return detail::flat_route(*this, b, args, saved);
   }
 
   template <backend B>
@@ -102,24 +95,12 @@ struct TokenChoice {
                 const Saved<B>& saved,
                 Span<const router_scalar_t<B>, typename B::space> dgate,
                 const RouterGrads<B>& grads) const {
-    const std::string op = std::string(name) + "::backward";
-    check_saved_tokens(op, args, saved.prob.rows());
-    const std::int64_t columns = saved.prob.cols();
-    MMSPARSE_CHECK(args.router_weight.cols == columns,
-                   op,
-                   "router_weight",
-                   "the " + std::to_string(columns) + " columns of route",
-                   args.router_weight.cols);
-    check_router_grads(op, args, dgate, saved.offsets.back(), grads, columns);
-    MMSPARSE_CHECK(
-        std::isfinite(grads.aux_scale), op, "grads.aux_scale", "a finite value", grads.aux_scale);
-    backward_rows(b,
-                  flat_rows(name, args, cfg.gumbel),
-                  saved,
-                  dgate,
-                  grads.dx,
-                  grads.drouter_weight,
-                  grads.aux_scale);
+    MMSPARSE_CHECK(std::isfinite(grads.aux_scale),
+                   std::string(name) + "::backward",
+                   "grads.aux_scale",
+                   "a finite value",
+                   grads.aux_scale);
+    detail::flat_backward(*this, b, args, saved, saved.prob.shape(), dgate, grads);
   }
 
   // Routes a set of rows (the building block of ModalityAware); arguments already checked.
