@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -21,6 +22,7 @@
 #include <mmsparse/layers/attention.hpp>
 #include <mmsparse/layers/experts.hpp>
 #include <mmsparse/layers/norm.hpp>
+#include <mmsparse/routing/concepts.hpp>
 
 namespace mmsparse {
 
@@ -88,6 +90,17 @@ struct RoutingTrace {
   std::string name;
   std::vector<std::int64_t> offsets;  // [E + 1]
   std::vector<std::int32_t> tokens;   // [slots] token of each slot (block rows)
+
+  // The decisions of `plan`, made by the router called `router`.
+  template <backend B>
+  static RoutingTrace of(B& b, std::string_view router, const plan_t<B>& plan) {
+    RoutingTrace t;
+    t.name = std::string(router);
+    t.offsets = plan.offsets;
+    t.tokens.resize(static_cast<std::size_t>(plan.slots()));
+    b.copy_to_host(std::span<std::int32_t>(t.tokens), plan.tokens());
+    return t;
+  }
 };
 
 struct BlockStats {

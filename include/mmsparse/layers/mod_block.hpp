@@ -188,7 +188,7 @@ class ModBlock {
     b.copy(y, xin);
     b.scatter_add_rows(y, detail::cv(delta), plan.tokens(), plan.gates());
     if (in.trace) {
-      st.routing.push_back(trace_of(b, plan));
+      st.routing.push_back(RoutingTrace::of(b, MixtureOfDepths::name, plan));
     }
     if (saved != nullptr) {
       saved->plan = std::move(plan);
@@ -355,15 +355,6 @@ class ModBlock {
     out.routing_group =
         in.routing == RoutingMode::batch && in.routing_group > 0 ? c * in.routing_group / n : 0;
     return out;
-  }
-
-  static RoutingTrace trace_of(B& b, const plan_t<B>& plan) {
-    RoutingTrace t;
-    t.name = std::string(MixtureOfDepths::name);
-    t.offsets = plan.offsets;
-    t.tokens.resize(static_cast<std::size_t>(plan.slots()));
-    b.copy_to_host(std::span<std::int32_t>(t.tokens), plan.tokens());
-    return t;
   }
 
   Config cfg_;

@@ -215,19 +215,8 @@ class SparseFfnPart {
 
     const std::int64_t rows = ffn_.dispatch().rows(plan);
     layout_t<B> scratch_layout;
-    layout_t<B>* layout = &scratch_layout;
-    if (saved != nullptr) {
-      detail::reshape_storage(saved->token, rows, 1);
-      detail::reshape_storage(saved->gate, rows, 1);
-      detail::reshape_storage(saved->slot, rows, 1);
-      saved->layout.token = saved->token.span();
-      saved->layout.gate = saved->gate.span();
-      saved->layout.slot = saved->slot.span();
-      layout = &saved->layout;
-    } else {
-      scratch_layout = take_layout(b, rows);
-    }
-    make_layout(b, *layout, ffn_.dispatch(), plan);
+    layout_t<B>& layout = detail::forward_layout(b, rows, saved, scratch_layout);
+    make_layout(b, layout, ffn_.dispatch(), plan);
 
     auto xg = b.workspace().template take<T>(rows, d);  // [R, d]
     auto h = b.workspace().template take<T>(rows, f);   // [R, f]
@@ -248,24 +237,24 @@ class SparseFfnPart {
       o = b.workspace().template take<T>(rows, d);
       on = b.workspace().template take<T>(after ? rows : 0, d);
     }
-    dispatch_gather(b, xg, xin, *layout);
-    experts_forward(b, o, a, g, h, detail::cv(xg), expert_weights(), layout->segments());
+    dispatch_gather(b, xg, xin, layout);
+    experts_forward(b, o, a, g, h, detail::cv(xg), expert_weights(), layout.segments());
     auto* out_norm = saved ? &saved->out_norm : nullptr;
     if (after) {  // each expert's output normalised, then gated and summed
       detail::saved_rms_forward(b, on, detail::cv(o), detail::cv(norm_w_), bc_.norm_eps, out_norm);
-      dispatch_combine(b, delta, detail::cv(on), *layout);
+      dispatch_combine(b, delta, detail::cv(on), layout);
     } else if (post) {  // the gated sum normalised (a lone gate cancels)
-      dispatch_combine(b, tmp, detail::cv(o), *layout);
+      dispatch_combine(b, tmp, detail::cv(o), layout);
       detail::saved_rms_forward(
           b, delta, detail::cv(tmp), detail::cv(norm_w_), bc_.norm_eps, out_norm);
     } else {
-      dispatch_combine(b, delta, detail::cv(o), *layout);
+      dispatch_combine(b, delta, detail::cv(o), layout);
     }
 
     st.flops += expert_flops(rows, d, f) + 2.0 * static_cast<double>(n * d * ffn_.router_columns());
     st.aux_loss = static_cast<double>(plan.aux.total());
     if (in.trace) {
-      st.routing.push_back(trace_of(b, plan));
+      st.routing.push_back(RoutingTrace::of(b, R::name, plan));
     }
     if (saved != nullptr) {
       saved->plan = std::move(plan);
@@ -527,15 +516,6 @@ class SparseFfnPart {
     } else {
       return GateFn::sigmoid;
     }
-  }
-
-  static RoutingTrace trace_of(B& b, const plan_t<B>& plan) {
-    RoutingTrace t;
-    t.name = std::string(R::name);
-    t.offsets = plan.offsets;
-    t.tokens.resize(static_cast<std::size_t>(plan.slots()));
-    b.copy_to_host(std::span<std::int32_t>(t.tokens), plan.tokens());
-    return t;
   }
 
   BlockConfig bc_;

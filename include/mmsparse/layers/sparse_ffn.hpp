@@ -88,6 +88,24 @@ std::int64_t slot_bound(const ModalityAware<Inner>& r,
 }
 { return slot_bound(r.inner(), groups, n); }
 
+// The dispatch layout of `rows` rows for a forward: in the token, gate and slot storage of
+// `saved` (a training forward, whose backward walks the layout again) when it is not null, else
+// in the workspace (`scratch`, inside the caller's frame).
+template <backend B, class Saved>
+layout_t<B>& forward_layout(B& b, std::int64_t rows, Saved* saved, layout_t<B>& scratch) {
+  if (saved == nullptr) {
+    scratch = take_layout(b, rows);
+    return scratch;
+  }
+  reshape_storage(saved->token, rows, 1);
+  reshape_storage(saved->gate, rows, 1);
+  reshape_storage(saved->slot, rows, 1);
+  saved->layout.token = saved->token.span();
+  saved->layout.gate = saved->gate.span();
+  saved->layout.slot = saved->slot.span();
+  return saved->layout;
+}
+
 }  // namespace detail
 
 template <class T, class R, class D, class B>
@@ -410,19 +428,8 @@ class SparseFfn {
     // Layout: in the workspace, or in `saved` for the backward.
     const std::int64_t rows = dispatch_.rows(plan);
     layout_t<B> scratch_layout;
-    layout_t<B>* layout = &scratch_layout;
-    if (saved != nullptr) {
-      detail::reshape_storage(saved->token, rows, 1);
-      detail::reshape_storage(saved->gate, rows, 1);
-      detail::reshape_storage(saved->slot, rows, 1);
-      saved->layout.token = saved->token.span();
-      saved->layout.gate = saved->gate.span();
-      saved->layout.slot = saved->slot.span();
-      layout = &saved->layout;
-    } else {
-      scratch_layout = take_layout(b, rows);
-    }
-    make_layout(b, *layout, dispatch_, plan);
+    layout_t<B>& layout = detail::forward_layout(b, rows, saved, scratch_layout);
+    make_layout(b, layout, dispatch_, plan);
 
     auto xg = b.workspace().template take<T>(rows, d);  // [R, d]
     auto h = b.workspace().template take<T>(rows, f);   // [R, f]
@@ -439,9 +446,9 @@ class SparseFfn {
       g = b.workspace().template take<T>(rows, f);
       o = b.workspace().template take<T>(rows, d);
     }
-    dispatch_gather(b, xg, xin, *layout);
-    experts_forward(b, o, a, g, h, View<const T, S>(xg), expert_weights(), layout->segments());
-    dispatch_combine(b, y, View<const T, S>(o), *layout);
+    dispatch_gather(b, xg, xin, layout);
+    experts_forward(b, o, a, g, h, View<const T, S>(xg), expert_weights(), layout.segments());
+    dispatch_combine(b, y, View<const T, S>(o), layout);
 
     Stats stats;
     stats.tokens_per_expert = plan.tokens_per_expert();
