@@ -73,18 +73,44 @@ inline std::int64_t check_segment_offsets(const char* op,
   return false;
 }
 
-// Validates the grouped weight gradient W_e = A_e^T B_e over `offsets` (into a [T, K] and
-// b [T, N]) for a stacked w [E * K, N]. Returns the block rows K.
+// The rows K of each expert's block of a stacked weight w [E * K, N].
 template <class T, class S>
-std::int64_t check_grouped_weight_grad(
-    const char* op, View<T, S> w, View<const T, S> a, View<const T, S> b, SegmentOffsets offsets) {
-  const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
+std::int64_t expert_block_rows(const char* op, View<T, S> w, std::int64_t experts) {
   MMSPARSE_CHECK(w.rows % experts == 0,
                  op,
                  "w",
                  "rows divisible by the " + std::to_string(experts) + " experts",
                  w.shape());
-  const std::int64_t block = w.rows / experts;
+  return w.rows / experts;
+}
+
+// Validates the grouped product C_e = A_e op(W_e) over `offsets` (into a and c) for a stacked
+// w [E * K, N], op(W_e) being W_e [K, N] (Trans::no) or W_e^T [N, K] (Trans::yes), with each
+// operand's rows at least its width apart. Returns the block rows K.
+template <class T, class TW, class S>
+std::int64_t check_grouped_gemm(const char* op,
+                                View<T, S> c,
+                                View<const T, S> a,
+                                View<const TW, S> w,
+                                Trans tw,
+                                SegmentOffsets offsets) {
+  const std::int64_t block = expert_block_rows(op, w, check_segment_offsets(op, offsets, a.rows));
+  const std::int64_t k = tw == Trans::no ? block : w.cols;
+  const std::int64_t n = tw == Trans::no ? w.cols : block;
+  MMSPARSE_CHECK(a.cols == k, op, "a", "cols = " + std::to_string(k), a.shape());
+  MMSPARSE_CHECK(c.rows == a.rows && c.cols == n, op, "c", (Shape{a.rows, n}), c.shape());
+  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
+  MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
+  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
+  return block;
+}
+
+// Validates the grouped weight gradient W_e = A_e^T B_e over `offsets` (into a [T, K] and
+// b [T, N]) for a stacked w [E * K, N]. Returns the block rows K.
+template <class T, class S>
+std::int64_t check_grouped_weight_grad(
+    const char* op, View<T, S> w, View<const T, S> a, View<const T, S> b, SegmentOffsets offsets) {
+  const std::int64_t block = expert_block_rows(op, w, check_segment_offsets(op, offsets, a.rows));
   MMSPARSE_CHECK(a.cols == block, op, "a", "cols = " + std::to_string(block), a.shape());
   MMSPARSE_CHECK(b.rows == a.rows && b.cols == w.cols, op, "b", (Shape{a.rows, w.cols}), b.shape());
   return block;

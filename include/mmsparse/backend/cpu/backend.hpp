@@ -519,7 +519,7 @@ class CpuBackend {
                            double alpha,
                            double beta) {
     const std::int64_t block =
-        cpu::check_grouped_gemm("CpuBackend::grouped_gemm", c, a, w, offsets);
+        check_grouped_gemm("CpuBackend::grouped_gemm", c, a, w, Trans::no, offsets);
     struct Skinny {
       View<U> c;
       View<const U> a;

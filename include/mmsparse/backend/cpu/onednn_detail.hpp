@@ -275,25 +275,4 @@ void check_gemm(View<T> c, View<const T> a, Trans ta, View<const T> b, Trans tb)
   MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
 }
 
-template <class T>
-std::int64_t check_grouped(
-    View<T> c, View<const T> a, View<const T> w, Trans tw, SegmentOffsets offsets) {
-  const char* op = "OnednnGemm::grouped_gemm";
-  const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
-  MMSPARSE_CHECK(w.rows % experts == 0,
-                 op,
-                 "w",
-                 "rows divisible by the " + std::to_string(experts) + " experts",
-                 w.shape());
-  const std::int64_t block = w.rows / experts;
-  const std::int64_t k = tw == Trans::no ? block : w.cols;
-  const std::int64_t n = tw == Trans::no ? w.cols : block;
-  MMSPARSE_CHECK(a.cols == k, op, "a", "cols = " + std::to_string(k), a.shape());
-  MMSPARSE_CHECK(c.rows == a.rows && c.cols == n, op, "c", (Shape{a.rows, n}), c.shape());
-  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
-  MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
-  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
-  return block;
-}
-
 }  // namespace mmsparse::cpu::onednn_detail

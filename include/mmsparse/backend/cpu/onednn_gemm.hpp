@@ -111,7 +111,7 @@ class OnednnGemm {
                     SegmentOffsets offsets,
                     double alpha,
                     double beta) {
-    const std::int64_t block = onednn_detail::check_grouped(c, a, w, tw, offsets);
+    const std::int64_t block = check_grouped_gemm("OnednnGemm::grouped_gemm", c, a, w, tw, offsets);
     for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
       const std::int64_t begin = offsets[e];
       const std::int64_t count = offsets[e + 1] - begin;

@@ -800,27 +800,4 @@ void skinny_gemm(View<T> c, View<const T> a, SkinnyPanels<const TW> w, double al
                        });
 }
 
-// Validates C_e = A_e W_e over the segments `offsets` (E + 1 non-decreasing row offsets into a
-// and c) of a stacked weight w [E * K, N], W not transposed. Returns the block rows K.
-template <class T, class TW>
-std::int64_t check_grouped_gemm(const char* op,
-                                View<T> c,
-                                View<const T> a,
-                                View<const TW> w,
-                                std::span<const std::int64_t> offsets) {
-  const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
-  MMSPARSE_CHECK(w.rows % experts == 0,
-                 op,
-                 "w",
-                 "rows divisible by the " + std::to_string(experts) + " experts",
-                 w.shape());
-  const std::int64_t block = w.rows / experts;
-  MMSPARSE_CHECK(a.cols == block, op, "a", "cols = " + std::to_string(block), a.shape());
-  MMSPARSE_CHECK(c.rows == a.rows && c.cols == w.cols, op, "c", (Shape{a.rows, w.cols}), c.shape());
-  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
-  MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
-  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
-  return block;
-}
-
 }  // namespace mmsparse::cpu

@@ -377,18 +377,8 @@ inline void skinny_grouped_gemm_transposed(View<float> c,
                                            double beta) {
   namespace detail = skinny_transposed_detail;
   constexpr const char* op = "skinny_grouped_gemm_transposed";
-  const std::int64_t experts = check_segment_offsets(op, offsets, a.rows);
-  MMSPARSE_CHECK(w.rows % experts == 0,
-                 op,
-                 "w",
-                 "rows divisible by the " + std::to_string(experts) + " experts",
-                 w.shape());
-  const std::int64_t block = w.rows / experts;
-  MMSPARSE_CHECK(a.cols == w.cols, op, "a", "cols = " + std::to_string(w.cols), a.shape());
-  MMSPARSE_CHECK(c.rows == a.rows && c.cols == block, op, "c", (Shape{a.rows, block}), c.shape());
-  MMSPARSE_CHECK(a.rows <= 1 || a.stride >= a.cols, op, "a.stride", ">= a.cols", a.stride);
-  MMSPARSE_CHECK(w.rows <= 1 || w.stride >= w.cols, op, "w.stride", ">= w.cols", w.stride);
-  MMSPARSE_CHECK(c.rows <= 1 || c.stride >= c.cols, op, "c.stride", ">= c.cols", c.stride);
+  const std::int64_t block = check_grouped_gemm(op, c, a, w, Trans::yes, offsets);
+  const auto experts = static_cast<std::int64_t>(offsets.size()) - 1;
   if (block == 0) {
     return;
   }
