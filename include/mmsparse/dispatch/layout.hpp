@@ -34,6 +34,18 @@ template <backend B>
   return layout;
 }
 
+// A scheme's layout once it has set layout.offsets (each expert's segment, at least as long as
+// its plan segment): each segment's rows hold the expert's plan slots in order and then padding
+// (slot and token -1).
+template <backend B>
+void place_slots_in_segments(B& b, layout_t<B>& layout, const plan_t<B>& plan) {
+  b.pad_segments(layout.slot, layout.offsets, plan.offsets);
+  b.gather_values(layout.token,
+                  plan.tokens(),
+                  Span<const std::int32_t, typename B::space>(layout.slot),
+                  std::int32_t{-1});
+}
+
 // Fills `layout` (arrays of scheme.rows(plan) rows) for `plan`: the scheme places slots and
 // tokens, the gates follow the slots (0 where a row holds no slot).
 template <class D, backend B>

@@ -66,11 +66,7 @@ struct PaddedCapacity {
     for (std::int64_t e = 0; e <= plan.num_experts; ++e) {
       layout.offsets[static_cast<std::size_t>(e)] = e * c;
     }
-    b.pad_segments(layout.slot, layout.offsets, plan.offsets);
-    b.gather_values(layout.token,
-                    plan.tokens(),
-                    Span<const std::int32_t, typename B::space>(layout.slot),
-                    std::int32_t{-1});
+    place_slots_in_segments(b, layout, plan);
   }
 };
 

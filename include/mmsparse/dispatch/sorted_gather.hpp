@@ -37,11 +37,7 @@ struct SortedGather {
   template <backend B>
   void layout(B& b, layout_t<B>& layout, const plan_t<B>& plan) const {
     layout.offsets.assign(plan.offsets.begin(), plan.offsets.end());
-    b.pad_segments(layout.slot, layout.offsets, plan.offsets);
-    b.gather_values(layout.token,
-                    plan.tokens(),
-                    Span<const std::int32_t, typename B::space>(layout.slot),
-                    std::int32_t{-1});
+    place_slots_in_segments(b, layout, plan);
   }
 };
 

@@ -170,23 +170,14 @@ class ModBlock {
     }
     const std::int64_t c = plan.slots();
     auto frame = b.workspace().frame();
-    auto xs = b.workspace().template take<T>(c, d);  // [C, d] kept rows
-    auto ys = b.workspace().template take<T>(c, d);  // [C, d]
-    View<T, S> delta = b.workspace().template take<T>(saved ? 0 : c, d);
+    View<T, S> delta = b.workspace().template take<T>(saved ? 0 : c, d);  // [C, d]
     if (saved != nullptr) {
       detail::reshape_storage(saved->delta, c, d);
       delta = saved->delta.view();
     }
-    if (c > 0) {
-      std::vector<std::int64_t> sequences;
-      const BlockInput<S> inner_in = kept_input(b, in, plan, n, sequences);
-      b.gather_rows(xs, xin, plan.tokens());
-      st += inner_.forward(b, detail::cv(xs), inner_in, ys, saved ? &saved->inner : nullptr);
-      b.copy(delta, detail::cv(ys));
-      b.axpy(delta, detail::cv(xs), -1.0);
-    }
-    b.copy(y, xin);
-    b.scatter_add_rows(y, detail::cv(delta), plan.tokens(), plan.gates());
+    st += through_kept(b, xin, in, plan, delta, y, [&](auto xs, const auto& inner_in, auto ys) {
+      return inner_.forward(b, xs, inner_in, ys, saved ? &saved->inner : nullptr);
+    });
     if (in.trace) {
       st.routing.push_back(RoutingTrace::of(b, MixtureOfDepths::name, plan));
     }
@@ -215,21 +206,11 @@ class ModBlock {
     cache.check_room(op, seq, n);
     BlockStats st;
     plan_t<B> plan = aux_plan(b, x, st);
-    const std::int64_t c = plan.slots();
     auto frame = b.workspace().frame();
-    auto xs = b.workspace().template take<T>(c, d);     // [C, d]
-    auto ys = b.workspace().template take<T>(c, d);     // [C, d]
-    auto delta = b.workspace().template take<T>(c, d);  // [C, d]
-    if (c > 0) {
-      std::vector<std::int64_t> sequences;
-      BlockInput<S> inner_in = kept_input(b, in, plan, n, sequences);
-      b.gather_rows(xs, x, plan.tokens());
-      st += inner_.decode(b, detail::cv(xs), inner_in, cache, seq, ys);
-      b.copy(delta, detail::cv(ys));
-      b.axpy(delta, detail::cv(xs), -1.0);
-    }
-    b.copy(y, x);
-    b.scatter_add_rows(y, detail::cv(delta), plan.tokens(), plan.gates());
+    auto delta = b.workspace().template take<T>(plan.slots(), d);  // [C, d]
+    st += through_kept(b, x, in, plan, delta, y, [&](auto xs, const auto& inner_in, auto ys) {
+      return inner_.decode(b, xs, inner_in, cache, seq, ys);
+    });
     return st;
   }
 
@@ -326,6 +307,35 @@ class ModBlock {
     }
     st.flops += aux_.flops(n) + 2.0 * static_cast<double>(n * block().d);
     return detail::plan_from_host<B>(b, chosen, n, detail::cv(score));
+  }
+
+  // y = x + gate * delta on the kept rows of `plan` and x elsewhere (y may be x), where delta
+  // [C, d] gets inner(x_kept) - x_kept: run_inner(x_kept, kept input, out) runs the wrapped block
+  // over the kept rows and returns its stats.
+  template <class RunInner>
+  BlockStats through_kept(B& b,
+                          View<const T, S> x,
+                          const BlockInput<S>& in,
+                          const plan_t<B>& plan,
+                          View<T, S> delta,
+                          View<T, S> y,
+                          RunInner&& run_inner) const {
+    const std::int64_t c = plan.slots();
+    BlockStats st;
+    auto frame = b.workspace().frame();
+    auto xs = b.workspace().template take<T>(c, x.cols);  // [C, d] kept rows
+    auto ys = b.workspace().template take<T>(c, x.cols);  // [C, d] the block's output on them
+    if (c > 0) {
+      std::vector<std::int64_t> sequences;
+      const BlockInput<S> inner_in = kept_input(b, in, plan, x.rows, sequences);
+      b.gather_rows(xs, x, plan.tokens());
+      st = run_inner(detail::cv(xs), inner_in, ys);
+      b.copy(delta, detail::cv(ys));
+      b.axpy(delta, detail::cv(xs), -1.0);
+    }
+    b.copy(y, x);
+    b.scatter_add_rows(y, detail::cv(delta), plan.tokens(), plan.gates());
+    return st;
   }
 
   // The wrapped block's input: the kept tokens' modality and original positions (workspace, in
